@@ -1,0 +1,88 @@
+"""The engine registry and the `auto` choice.
+
+Engines are created once per process and kept, so weights loaded by one job stay warm for the
+next. `auto` prefers SAM-Audio when it is usable, else the embedded engine that understands the
+prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..errors import ReasamError
+from ..request import Span
+from .base import Capabilities, Engine, Prompt, Separation, SpanFetcher
+
+__all__ = ["Capabilities", "Engine", "Prompt", "Separation", "SpanFetcher", "choose", "get", "names"]
+
+# Order is the `auto` preference among embedded engines.
+_FACTORIES: dict[str, str] = {
+    "spleeter": "reasam.engines.spleeter:SpleeterEngine",
+    "dsp": "reasam.engines.dsp:DspEngine",
+}
+_instances: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+SAM_HINT = (
+    "for free-text prompts install SAM-Audio (see README, 'Installing SAM-Audio') "
+    "and run `reasam engines` to check it"
+)
+
+
+def register(name: str, factory: str) -> None:
+    """Add an engine by 'module:Class'; the SAM engine registers itself here."""
+    _FACTORIES[name] = factory
+
+
+def names() -> list[str]:
+    return list(_FACTORIES)
+
+
+def get(name: str) -> Engine:
+    """The process-wide instance of an engine, created on first use."""
+    if name not in _FACTORIES:
+        raise ReasamError("bad_request", f"unknown engine {name!r}; engines: {', '.join(_FACTORIES)}")
+    with _lock:
+        if name not in _instances:
+            module_name, class_name = _FACTORIES[name].split(":")
+            import importlib
+
+            module = importlib.import_module(module_name)
+            _instances[name] = getattr(module, class_name)()
+        return _instances[name]
+
+
+def _usable(name: str) -> Engine | None:
+    engine = get(name)
+    return engine if engine.unavailable_reason() is None else None
+
+
+def choose(engine_name: str, text: str, spans: tuple[Span, ...]) -> Engine:
+    """Pick the engine for a request, or fail with a message naming what would work."""
+    if engine_name != "auto":
+        engine = get(engine_name)
+        reason = engine.unavailable_reason()
+        if reason is not None:
+            raise ReasamError("engine_failed", f"engine {engine_name} is not usable here: {reason}")
+        if not engine.understands(text, spans):
+            raise ReasamError("unsupported_prompt", _unsupported(text, spans, [engine]))
+        return engine
+    order = (["sam"] if "sam" in _FACTORIES else []) + [n for n in _FACTORIES if n != "sam"]
+    candidates = [e for e in (_usable(n) for n in order) if e is not None]
+    for engine in candidates:
+        if engine.understands(text, spans):
+            return engine
+    raise ReasamError("unsupported_prompt", _unsupported(text, spans, candidates))
+
+
+def _unsupported(text: str, spans: tuple[Span, ...], engines: list[Engine]) -> str:
+    known = sorted({p for e in engines for p in e.capabilities.prompts})
+    span_engines = [e.capabilities.name for e in engines if e.capabilities.spans]
+    what = f"prompt {text!r}" + (" with spans" if spans else "") if text else "span prompt"
+    parts = [f"no available engine understands {what}"]
+    if known:
+        parts.append(f"prompts that work: {', '.join(known)}")
+    if span_engines:
+        parts.append(f"span-only prompts work with: {', '.join(span_engines)}")
+    parts.append(SAM_HINT)
+    return "; ".join(parts)

@@ -1,0 +1,106 @@
+"""The engine interface: what every separator declares and does.
+
+An engine turns audio + prompt into a target signal. It knows nothing of files, OSC or REAPER:
+the pipeline reads the region, resamples to the engine's native rate, adapts channels, cuts
+long audio into chunks and computes the residual as `mix - target`, which is what makes the
+sum rule exact for every engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..request import Span
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine declares, so `auto` can choose and the pipeline can feed it."""
+
+    name: str
+    description: str
+    # Canonical prompt -> accepted synonyms (all lower case). Empty for span-only engines.
+    prompts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    free_text: bool = False  # understands arbitrary text (SAM-Audio)
+    spans: bool = False  # understands + / - span prompts
+    sample_rate: int | None = None  # native rate; None = any rate as given
+    channels: int | None = None  # channels per call: 1 mono model, 2 stereo model, None any
+    max_seconds: float = 600.0  # longest audio per call
+    chunk_seconds: float = 30.0  # preferred chunk for long audio
+    overlap_seconds: float = 1.0  # crossfade between chunks
+    device: str = "cpu"
+
+
+# Fetches the audio of a span (source seconds), already at the engine's rate and channel layout
+# of the call, so span-driven engines can learn from or prepend it.
+SpanFetcher = Callable[[Span], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as an engine sees it: canonical text (or "" for spans only) and spans."""
+
+    text: str
+    spans: tuple[Span, ...] = ()
+
+
+class Separation(ABC):
+    """A prompt prepared for one job; called once per chunk (and channel group)."""
+
+    @abstractmethod
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        """Return the target for `audio` (channels, frames) float32 at the engine's rate.
+
+        `start` is the source time (seconds) of the first frame, so span-aware engines can
+        place spans relative to the chunk. The result has exactly the input's shape.
+        """
+
+
+class Engine(ABC):
+    """A separator; instances are long-lived so loaded weights stay warm."""
+
+    capabilities: Capabilities
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable here; else one line saying what is missing."""
+        return None
+
+    def canonical_prompt(self, text: str) -> str | None:
+        """Map a user's text to the engine's canonical prompt, or None if not understood."""
+        key = " ".join(text.lower().split())
+        for canonical, synonyms in self.capabilities.prompts.items():
+            if key == canonical or key in synonyms:
+                return canonical
+        return key if self.capabilities.free_text and key else None
+
+    def understands(self, text: str, spans: tuple[Span, ...]) -> bool:
+        if text and self.canonical_prompt(text) is None:
+            return False
+        if spans and not self.capabilities.spans:
+            return False
+        return True
+
+    @abstractmethod
+    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher) -> Separation:
+        """Prepare a prompt (load weights, learn span profiles) before the first chunk."""
+
+    def describe(self) -> dict:
+        """A plain summary for `reasam engines` and the daemon's ping."""
+        caps = self.capabilities
+        return {
+            "name": caps.name,
+            "description": caps.description,
+            "available": self.unavailable_reason() is None,
+            "reason": self.unavailable_reason(),
+            "device": caps.device,
+            "prompts": {k: list(v) for k, v in caps.prompts.items()},
+            "free_text": caps.free_text,
+            "spans": caps.spans,
+            "sample_rate": caps.sample_rate,
+            "channels": caps.channels,
+            "max_seconds": caps.max_seconds,
+        }

@@ -1,0 +1,48 @@
+"""One exception type for every failure a user can see.
+
+Each error carries a protocol code (../shared/docs/protocol.md, `/reasam/error`) so the OSC
+front door, the CLI and status.json all report the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+# Codes of the OSC protocol, version 1.
+CODES = (
+    "bad_request",
+    "unauthorized",
+    "not_found",
+    "unsupported_format",
+    "unsupported_prompt",
+    "busy",
+    "out_of_memory",
+    "engine_failed",
+    "internal",
+)
+
+# Codes that mean "the caller asked for something invalid" (CLI exit 2) rather than
+# "a valid request failed while running" (CLI exit 1).
+USAGE_CODES = frozenset({"bad_request", "unsupported_prompt"})
+
+
+class ReasamError(Exception):
+    """A failure with a protocol code and a one-line message meant for the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        # One line, always: messages travel in OSC strings and single-line stderr output.
+        message = " ".join(str(message).split())
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when its cancel flag is seen at a chunk boundary."""
+
+
+def bad_request(message: str) -> ReasamError:
+    return ReasamError("bad_request", message)

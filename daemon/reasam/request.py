@@ -1,0 +1,206 @@
+"""The request: what to separate, by which prompt, and how to write it.
+
+Every front door (CLI, OSC, watch folder, batch) builds a `Request`; validation happens here,
+once, on creation, so a bad value fails with the same one-line message wherever it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import bad_request
+
+QUALITIES = ("fast", "balanced", "best")
+ENGINES = ("auto", "sam", "spleeter", "dsp")
+FORMATS = ("wav", "flac", "mp3")
+# Bit depths per format; 32 means 32-bit float, the default for WAV so stems never clip.
+BIT_DEPTHS = {"wav": (16, 24, 32), "flac": (16, 24), "mp3": ()}
+DEFAULT_BIT_DEPTH = {"wav": 32, "flac": 24, "mp3": None}
+MIN_RATE, MAX_RATE = 8_000, 192_000
+MAX_PROMPT_CHARS = 500
+MAX_SPANS = 64
+
+_NUMBER = r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+"
+_RANGE = re.compile(rf"^\s*({_NUMBER})?\s*:\s*({_NUMBER})?\s*$")
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise bad_request(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return value
+
+
+def parse_range(text: str, what: str) -> tuple[float | None, float | None]:
+    """Parse "START:END" in seconds; either side may be empty (open)."""
+    m = _RANGE.match(str(text))
+    if not m:
+        raise bad_request(f"{what} must look like START:END in seconds, got {text!r}")
+    start = float(m.group(1)) if m.group(1) else None
+    end = float(m.group(2)) if m.group(2) else None
+    return start, end
+
+
+@dataclass(frozen=True)
+class Span:
+    """A time range of the source given as a prompt: `+` target here, `-` target absent."""
+
+    sign: str
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if self.sign not in ("+", "-"):
+            raise bad_request(f"span sign must be + or -, got {self.sign!r}")
+        _finite(self.start, "span start")
+        _finite(self.end, "span end")
+        if self.end <= self.start:
+            raise bad_request(f"span {self} is empty: end must be after start")
+
+    @classmethod
+    def parse(cls, text: str) -> Span:
+        text = str(text).strip()
+        if not text or text[0] not in "+-":
+            raise bad_request(f"span must look like +START:END or -START:END, got {text!r}")
+        start, end = parse_range(text[1:], "span")
+        if start is None or end is None:
+            raise bad_request(f"span needs both START and END, got {text!r}")
+        return cls(text[0], start, end)
+
+    @property
+    def positive(self) -> bool:
+        return self.sign == "+"
+
+    def __str__(self) -> str:
+        return f"{self.sign}{self.start:g}:{self.end:g}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """The part of the source to process, in source seconds; `end=None` means to the end."""
+
+    start: float = 0.0
+    end: float | None = None
+
+    def __post_init__(self) -> None:
+        _finite(self.start, "region start")
+        if self.end is not None:
+            _finite(self.end, "region end")
+            if self.end <= self.start:
+                raise bad_request(f"region {self.start:g}:{self.end:g} is empty")
+
+    @classmethod
+    def parse(cls, text: str) -> Region:
+        start, end = parse_range(text, "region")
+        return cls(start or 0.0, end)
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Per-stem finishing, all off by default because any of it breaks target + residual == mix."""
+
+    peak_dbfs: float | None = None
+    lufs: float | None = None
+    trim_silence_db: float | None = None
+    gate_db: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (
+            ("peak_dbfs", -60.0, 0.0),
+            ("lufs", -70.0, 0.0),
+            ("trim_silence_db", -120.0, 0.0),
+            ("gate_db", -120.0, 0.0),
+        ):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+                raise bad_request(f"{name.replace('_', ' ')} must be between {lo:g} and {hi:g}")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.peak_dbfs, self.lufs, self.trim_silence_db, self.gate_db))
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How stems are written. `sample_rate`/`channels` of None keep the source's."""
+
+    format: str = "wav"
+    bit_depth: int | None = None
+    sample_rate: int | None = None
+    mono: bool = False
+    post: PostProcess = field(default_factory=PostProcess)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise bad_request(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        allowed = BIT_DEPTHS[self.format]
+        if self.bit_depth is not None and self.bit_depth not in allowed:
+            if not allowed:
+                raise bad_request(f"{self.format} takes no bit depth")
+            raise bad_request(
+                f"{self.format} bit depth must be one of {', '.join(map(str, allowed))}, got {self.bit_depth}"
+            )
+        if self.sample_rate is not None and not (MIN_RATE <= self.sample_rate <= MAX_RATE):
+            raise bad_request(f"sample rate must be {MIN_RATE}-{MAX_RATE} Hz, got {self.sample_rate}")
+
+    @property
+    def resolved_bit_depth(self) -> int | None:
+        return self.bit_depth if self.bit_depth is not None else DEFAULT_BIT_DEPTH[self.format]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One separation: source region + prompt (text and/or spans) + engine, quality and output."""
+
+    source: Path
+    prompt: str = ""
+    spans: tuple[Span, ...] = ()
+    region: Region = field(default_factory=Region)
+    quality: str = "balanced"
+    engine: str = "auto"
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", Path(self.source))
+        object.__setattr__(self, "prompt", " ".join(str(self.prompt).split()))
+        object.__setattr__(self, "spans", tuple(self.spans))
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise bad_request(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        if any(ord(c) < 32 for c in self.prompt):
+            raise bad_request("prompt contains control characters")
+        if not self.prompt and not self.spans:
+            raise bad_request("give a text prompt, a + span, or both")
+        if self.spans and not any(s.positive for s in self.spans):
+            raise bad_request("spans need at least one + span (where the target sound is)")
+        if len(self.spans) > MAX_SPANS:
+            raise bad_request(f"at most {MAX_SPANS} spans")
+        if self.quality not in QUALITIES:
+            raise bad_request(f"quality must be one of {', '.join(QUALITIES)}, got {self.quality!r}")
+        if self.engine not in ENGINES:
+            raise bad_request(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+    @property
+    def target_name(self) -> str:
+        """The target stem's name: the prompt, or "span" for a request given only as spans."""
+        return self.prompt or "span"
+
+    def as_dict(self) -> dict:
+        """The request as understood, for manifest.json and the result cache key."""
+        return {
+            "source": str(self.source),
+            "prompt": self.prompt,
+            "spans": [str(s) for s in self.spans],
+            "region": [self.region.start, self.region.end],
+            "quality": self.quality,
+            "engine": self.engine,
+            "format": self.output.format,
+            "bit_depth": self.output.resolved_bit_depth,
+            "sample_rate": self.output.sample_rate,
+            "mono": self.output.mono,
+            "post": self.output.post.as_dict(),
+        }
