@@ -27,7 +27,7 @@ USAGE_CODES = frozenset({"bad_request", "unsupported_prompt"})
 class ReasamError(Exception):
     """A failure with a protocol code and a one-line message meant for the user."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, usage: bool | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         # One line, always: messages travel in OSC strings and single-line stderr output.
@@ -35,6 +35,8 @@ class ReasamError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        # Whether the caller's input is at fault (CLI exit 2) rather than the run (exit 1).
+        self.usage = code in USAGE_CODES if usage is None else usage
 
     def __str__(self) -> str:
         return self.message

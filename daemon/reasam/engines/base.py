@@ -33,6 +33,7 @@ class Capabilities:
     chunk_seconds: float = 30.0  # preferred chunk for long audio
     overlap_seconds: float = 1.0  # crossfade between chunks
     device: str = "cpu"
+    model: str = ""  # the weights behind the engine, for manifest.json ("" = none)
 
 
 # Fetches the audio of a span (source seconds), already at the engine's rate and channel layout

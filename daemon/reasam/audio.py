@@ -1,0 +1,420 @@
+"""Audio in and out: read a region of any file, resample, write without ever losing a file.
+
+Reading goes through libsndfile (soundfile) for WAV, FLAC, OGG/Vorbis, Opus and MP3, which can
+seek, so only the region (plus a little context) is decoded. Anything else that ffmpeg can decode
+(M4A/AAC, ALAC, WMA, …) is decoded by an ffmpeg subprocess into a temporary float WAV holding
+just the region, after which it is read the same way.
+
+Writing always goes to a hidden temporary name in the target folder and is published with a
+hard link, which fails instead of replacing an existing file; the temporary name is then removed.
+So nothing half-written ever carries a final name and no existing file is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import ReasamError
+
+# Output subtypes per (format, bit depth); 32 means 32-bit float.
+_SUBTYPES = {
+    ("wav", 16): "PCM_16",
+    ("wav", 24): "PCM_24",
+    ("wav", 32): "FLOAT",
+    ("flac", 16): "PCM_16",
+    ("flac", 24): "PCM_24",
+    ("mp3", None): "MPEG_LAYER_III",
+}
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+_WAV_LIMIT = 4_000_000_000  # bytes; larger float WAVs are written as RF64
+RESAMPLE_QUALITY = "HQ"
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a source holds. `frames` is exact for libsndfile formats, estimated for ffmpeg ones."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    backend: str  # "soundfile" or "ffmpeg"
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise ReasamError("not_found", f"{path}: no such file")
+    if not path.is_file():
+        raise ReasamError("bad_request", f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ReasamError("not_found", f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise ReasamError("unsupported_format", f"{path}: file is empty")
+
+
+def probe(path: Path | str) -> AudioInfo:
+    """Describe a source, or fail with a one-line error saying why it cannot be read."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return _probe_ffmpeg(path)
+    if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
+        raise ReasamError("unsupported_format", f"{path}: holds no audio frames")
+    return AudioInfo(
+        path, int(info.samplerate), int(info.channels), int(info.frames), info.format, "soundfile"
+    )
+
+
+def _probe_ffmpeg(path: Path) -> AudioInfo:
+    if shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None:
+        raise ReasamError(
+            "unsupported_format",
+            f"{path}: not a format libsndfile reads, and ffmpeg is not installed to decode it "
+            "(install ffmpeg for M4A/AAC and other formats)",
+        )
+    cmd = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "stream=sample_rate,channels,duration:format=duration,format_name",
+        "-of",
+        "json",
+        str(path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    try:
+        data = json.loads(proc.stdout or "{}")
+        stream = data["streams"][0]
+        rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+        duration = float(stream.get("duration") or data["format"]["duration"])
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise ReasamError("unsupported_format", f"{path}: not a readable audio file") from None
+    frames = round(duration * rate)
+    if frames <= 0 or rate <= 0 or channels <= 0:
+        raise ReasamError("unsupported_format", f"{path}: holds no audio frames")
+    return AudioInfo(path, rate, channels, frames, data.get("format", {}).get("format_name", "?"), "ffmpeg")
+
+
+class SourceReader:
+    """Random access to a source by absolute frame index, zero-padded outside the file.
+
+    Chunked processing reads each chunk with a little context on both sides; reading through
+    one open handle keeps that cheap, and zero padding makes the edges need no special case.
+    For ffmpeg formats the region [first, last) is decoded once to a temporary WAV.
+    """
+
+    def __init__(self, info: AudioInfo, first: int = 0, last: int | None = None) -> None:
+        self.info = info
+        self._offset = 0  # source frame index of the open file's frame 0
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        if info.backend == "ffmpeg":
+            first = max(0, first)
+            last = info.frames if last is None else last
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="reasam-decode-")
+            decoded = Path(self._tmpdir.name) / "region.wav"
+            _ffmpeg_decode(info, first, last, decoded)
+            self._offset = first
+            path = decoded
+        else:
+            path = info.path
+        try:
+            self._file = sf.SoundFile(str(path))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            self.close()
+            raise ReasamError("unsupported_format", f"{info.path}: cannot open ({exc})") from None
+        self._frames = self._file.frames
+        self._pos = 0
+
+    def read(self, start: int, frames: int) -> np.ndarray:
+        """Frames [start, start+frames) of the source as (channels, frames) float32."""
+        out = np.zeros((self.info.channels, frames), dtype=np.float32)
+        lo = max(start - self._offset, 0)
+        hi = min(start - self._offset + frames, self._frames)
+        if hi > lo:
+            if self._pos != lo:
+                self._file.seek(lo)
+            try:
+                data = self._file.read(hi - lo, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise ReasamError("unsupported_format", f"{self.info.path}: corrupt audio ({exc})") from None
+            got = data.shape[0]
+            self._pos = lo + got
+            dst = lo - (start - self._offset)
+            out[:, dst : dst + got] = data.T
+        return out
+
+    def close(self) -> None:
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ffmpeg_decode(info: AudioInfo, first: int, last: int, dest: Path) -> None:
+    """Decode source frames [first, last) to a float WAV; ffmpeg's input seek is sample-exact."""
+    rate = info.sample_rate
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-ss",
+        f"{first / rate:.9f}",
+        "-i",
+        str(info.path),
+        "-t",
+        f"{(last - first) / rate:.9f}",
+        "-vn",
+        "-map",
+        "0:a:0",
+        "-c:a",
+        "pcm_f32le",
+        "-rf64",
+        "auto",
+        "-f",
+        "wav",
+        str(dest),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not dest.exists():
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ReasamError("unsupported_format", f"{info.path}: ffmpeg could not decode it ({detail})")
+
+
+def read_region(path: Path | str, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
+    """Whole region [start, end) seconds as (channels, frames) float32, with the sample rate."""
+    info = probe(path)
+    first = round(start * info.sample_rate)
+    last = info.frames if end is None else min(round(end * info.sample_rate), info.frames)
+    with SourceReader(info, first, last) as reader:
+        return reader.read(first, max(0, last - first)), info.sample_rate
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int, frames: int | None = None) -> np.ndarray:
+    """Resample (channels, frames) with soxr; `frames` forces the exact output length.
+
+    soxr compensates its filter delay, so sample k of the input lands at k * rate_out / rate_in;
+    forcing the length (trim or zero-pad the last few samples) keeps stems exactly as long as
+    the region they stand for.
+    """
+    if frames is None:
+        frames = round(audio.shape[1] * rate_out / rate_in)
+    if rate_in != rate_out:
+        audio = np.ascontiguousarray(soxr.resample(audio.T, rate_in, rate_out, quality=RESAMPLE_QUALITY).T)
+    return fit_length(audio, frames)
+
+
+def fit_length(audio: np.ndarray, frames: int) -> np.ndarray:
+    if audio.shape[1] == frames:
+        return audio.astype(np.float32, copy=False)
+    out = np.zeros((audio.shape[0], frames), dtype=np.float32)
+    n = min(frames, audio.shape[1])
+    out[:, :n] = audio[:, :n]
+    return out
+
+
+class StreamResampler:
+    """Block-wise soxr resampling whose total output is exactly `total_frames` long."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int, total_in: int) -> None:
+        self.passthrough = rate_in == rate_out
+        self.total_out = round(total_in * rate_out / rate_in)
+        self._emitted = 0
+        if not self.passthrough:
+            self._stream = soxr.ResampleStream(
+                rate_in, rate_out, channels, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.passthrough:
+            return block
+        out = self._stream.resample_chunk(np.ascontiguousarray(block.T), last=last).T
+        keep = min(out.shape[1], self.total_out - self._emitted)
+        out = out[:, :keep]
+        if last and self._emitted + keep < self.total_out:
+            out = fit_length(out, self.total_out - self._emitted)
+        self._emitted += out.shape[1]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def subtype_for(fmt: str, bit_depth: int | None) -> str:
+    return _SUBTYPES[(fmt, bit_depth)]
+
+
+def ensure_writable_dir(folder: Path) -> None:
+    """Create `folder` if needed; fail with one line when it cannot hold new files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReasamError(
+            "bad_request", f"{folder}: cannot create output folder ({exc.strerror})", usage=False
+        ) from None
+    if not folder.is_dir():
+        raise ReasamError("bad_request", f"{folder}: output path is not a folder", usage=False)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ReasamError("bad_request", f"{folder}: output folder is not writable", usage=False)
+
+
+def publish(temp: Path, final: Path) -> None:
+    """Give a finished temporary file its final name, never replacing an existing file."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        temp.unlink(missing_ok=True)
+        raise ReasamError("internal", f"{final}: already exists; not overwritten") from None
+    except OSError as exc:
+        # Filesystems without hard links (some network and FAT mounts): rename after a check.
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if final.exists():
+            temp.unlink(missing_ok=True)
+            raise ReasamError("internal", f"{final}: already exists; not overwritten") from None
+        os.rename(temp, final)
+        return
+    temp.unlink()
+
+
+def temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def write_text(final: Path, text: str, replace: bool = False) -> None:
+    """Write a small text file atomically; `replace` for files that are rewritten (status.json)."""
+    temp = temp_name(final)
+    try:
+        with open(temp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(temp, final)
+        else:
+            publish(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+class AudioWriter:
+    """Streams (channels, frames) blocks to a temporary file; `commit` publishes it.
+
+    Used as a context manager: leaving the block by an exception (an error or a cancel) removes
+    the temporary file, so a failed job leaves nothing behind.
+    """
+
+    def __init__(
+        self,
+        final: Path,
+        sample_rate: int,
+        channels: int,
+        fmt: str,
+        bit_depth: int | None,
+        expected_frames: int = 0,
+    ) -> None:
+        self.final = final
+        if final.exists():
+            raise ReasamError("internal", f"{final}: already exists; not overwritten")
+        if fmt == "mp3":
+            if channels > 2:
+                raise ReasamError(
+                    "bad_request",
+                    f"mp3 holds at most 2 channels, the stem has {channels}; "
+                    "use wav or flac, or ask for mono",
+                )
+            if sample_rate not in MP3_RATES:
+                raise ReasamError(
+                    "bad_request",
+                    f"mp3 cannot hold {sample_rate} Hz; use wav or flac, "
+                    "or set an output sample rate of 48000 or less",
+                )
+        if fmt == "flac" and sample_rate > 655350:
+            raise ReasamError("bad_request", f"flac cannot hold {sample_rate} Hz")
+        container = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}[fmt]
+        if fmt == "wav" and expected_frames * channels * 4 > _WAV_LIMIT:
+            container = "RF64"
+        self.temp = temp_name(final)
+        try:
+            self._file = sf.SoundFile(
+                str(self.temp),
+                "w",
+                samplerate=sample_rate,
+                channels=channels,
+                format=container,
+                subtype=subtype_for(fmt, bit_depth),
+            )
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            self.temp.unlink(missing_ok=True)
+            raise ReasamError(
+                "bad_request", f"{final.parent}: cannot write output ({exc})", usage=False
+            ) from None
+        self.frames = 0
+        self._committed = False
+
+    def write(self, block: np.ndarray) -> None:
+        try:
+            self._file.write(np.ascontiguousarray(block.T))
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise ReasamError("internal", f"{self.final}: write failed ({exc})") from None
+        self.frames += block.shape[1]
+
+    def commit(self) -> None:
+        self._file.close()
+        publish(self.temp, self.final)
+        self._committed = True
+
+    def close_unpublished(self) -> Path:
+        """Close and hand the temporary file to the caller, who reads it back and deletes it."""
+        self._file.close()
+        self._committed = True
+        return self.temp
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AudioWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._committed:
+            self.abort()
+
+
+def write_audio(
+    final: Path, audio: np.ndarray, sample_rate: int, fmt: str = "wav", bit_depth: int | None = 32
+) -> None:
+    """Write a whole (channels, frames) array atomically."""
+    with AudioWriter(final, sample_rate, audio.shape[0], fmt, bit_depth, audio.shape[1]) as writer:
+        writer.write(audio)
+        writer.commit()
