@@ -8,6 +8,7 @@ errors (unreadable input, unwritable output, engine failure). Errors are one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
@@ -152,10 +153,8 @@ def _new_job_dir(root: Path, name: str) -> Path:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass
 
 
 class _ProgressBar:
@@ -169,7 +168,7 @@ class _ProgressBar:
         if not self.enabled:
             return
         width = 30
-        filled = int(round(fraction * width))
+        filled = round(fraction * width)
         line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {stage:<16}"
         if line != self._last:
             sys.stderr.write(line)
@@ -259,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("reasam: interrupted\n")
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
+    except Exception as exc:  # the CLI's last line of defence: one line, not a traceback
         if args.debug:
             traceback.print_exc()
         sys.stderr.write(f"reasam: internal: {type(exc).__name__}: {' '.join(str(exc).split())}\n")
