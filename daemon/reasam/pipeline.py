@@ -1,0 +1,354 @@
+"""The pipeline: one request in, a job folder of stems and a manifest out.
+
+read region → resample to the engine's rate → engine, chunk by chunk → back to the source rate →
+residual = region − target → (output rate / mono) → atomic write → post-process → manifest.json
+
+The residual is computed here, at the source rate, from the very samples that were read, which
+is what makes `target + residual == region` hold for every engine to float precision. Chunks
+are emitted as soon as they are final, so memory stays bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from . import __version__, audio, engines, postprocess
+from .engines.base import Engine, Prompt, Separation
+from .engines.chunking import Crossfader, plan
+from .errors import JobCancelled, ReasamError
+from .postprocess import PostProcessor
+from .request import PostProcess, Request, Span
+
+Progress = Callable[[float, str], None]
+# Region ends up to this far past the end of the file are clamped (decoders disagree by a few
+# samples on a file's length); further is an error rather than silent padding.
+_END_TOLERANCE = 0.05
+_CONTEXT_SECONDS = 0.5
+_POST_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Stem:
+    name: str
+    role: str  # "target" | "residual"
+    path: Path
+    channels: int
+    frames: int
+    region_start: float
+    region_end: float
+    post: dict = field(default_factory=dict)  # what post-processing measured and applied
+
+    def as_dict(self) -> dict:
+        out = {
+            "name": self.name,
+            "role": self.role,
+            "path": str(self.path),
+            "channels": self.channels,
+            "frames": self.frames,
+            "region_start": self.region_start,
+            "region_end": self.region_end,
+        }
+        if self.post:
+            out["post"] = self.post
+        return out
+
+
+@dataclass
+class Result:
+    """What a finished job produced; `manifest` is what manifest.json holds."""
+
+    job_id: str
+    manifest_path: Path
+    stems: list[Stem]
+    manifest: dict = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a prompt: "Lead Vocal!" → "lead-vocal"."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:60].rstrip("-") or "target"
+
+
+def _no_progress(fraction: float, stage: str) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+def _channel_groups(channels: int, engine_channels: int | None) -> list[list[int]]:
+    """Which source channels go together into one engine call.
+
+    A stereo model gets channel pairs (5.1 → three pairs; an odd channel is sent twice and the
+    duplicate dropped), a mono model one channel at a time, an any-channel engine all at once.
+    """
+    if engine_channels is None or engine_channels == channels:
+        return [list(range(channels))]
+    if engine_channels == 1:
+        return [[c] for c in range(channels)]
+    groups = []
+    for c in range(0, channels, engine_channels):
+        group = list(range(c, min(c + engine_channels, channels)))
+        groups.append(group + [group[-1]] * (engine_channels - len(group)))
+    return groups
+
+
+class _Separator:
+    """Runs one prepared prompt over a chunk of audio at the source rate, for all channels."""
+
+    def __init__(
+        self, engine: Engine, prompt: Prompt, quality: str, reader: audio.SourceReader, source_rate: int
+    ) -> None:
+        caps = engine.capabilities
+        self.rate = source_rate
+        self.engine_rate = caps.sample_rate or source_rate
+        self.groups = _channel_groups(reader.info.channels, caps.channels)
+        self.reader = reader
+        self.max_span_frames = int(caps.max_seconds * source_rate)
+        self.separations: list[Separation] = [
+            engine.prepare(prompt, quality, self._span_fetcher(group)) for group in self.groups
+        ]
+
+    def _span_fetcher(self, group: list[int]) -> Callable[[Span], np.ndarray]:
+        def fetch(span: Span) -> np.ndarray:
+            first = round(span.start * self.rate)
+            last = min(round(span.end * self.rate), first + self.max_span_frames, self.reader.info.frames)
+            data = self.reader.read(first, max(last - first, 1))[group]
+            return audio.resample(data, self.rate, self.engine_rate)
+
+        return fetch
+
+    def __call__(self, mix: np.ndarray, start_seconds: float) -> np.ndarray:
+        target = np.zeros_like(mix)
+        n = mix.shape[1]
+        for group, separation in zip(self.groups, self.separations, strict=True):
+            x = audio.resample(mix[group], self.rate, self.engine_rate)
+            y = separation.separate(x, start_seconds)
+            if y.shape != x.shape:
+                raise ReasamError("engine_failed", f"engine returned shape {y.shape} for input {x.shape}")
+            y = audio.resample(y, self.engine_rate, self.rate, frames=n)
+            # A duplicated odd channel comes back twice; the later write wins, both are equal.
+            target[group] = y
+        return target
+
+
+def _finish(
+    stage: Path,
+    final: Path,
+    post: PostProcess,
+    rate: int,
+    channels: int,
+    fmt: str,
+    bit_depth: int | None,
+    cancelled: Callable[[], bool],
+    job_id: str,
+) -> tuple[int, int, dict]:
+    """Second pass over a float stage file: measure, then trim, gate and gain into the final file.
+
+    Returns the frames written, the first kept frame (trim moves the stem's start) and the report.
+    """
+    processor = PostProcessor(post, rate, channels)
+    with sf.SoundFile(str(stage)) as src:
+
+        def read() -> Iterator[np.ndarray]:
+            src.seek(0)
+            for block in src.blocks(_POST_BLOCK, dtype="float32", always_2d=True):
+                if cancelled():
+                    raise JobCancelled(job_id)
+                yield block.T
+
+        with audio.AudioWriter(final, rate, channels, fmt, bit_depth, src.frames) as writer:
+            for block in postprocess.run(processor, read):
+                writer.write(block)
+            writer.commit()
+    lo = processor.frame_range()[0]
+    return writer.frames, lo, processor.report()
+
+
+def resolve_region(request: Request, info: audio.AudioInfo) -> tuple[int, int]:
+    """The region as source frames [first, last), checked against the file."""
+    rate = info.sample_rate
+    first = round(request.region.start * rate)
+    if first >= info.frames:
+        raise ReasamError(
+            "bad_request",
+            f"region starts at {request.region.start:g} s, after the end of the file ({info.duration:.3f} s)",
+        )
+    if request.region.end is None:
+        return first, info.frames
+    if request.region.end > info.duration + _END_TOLERANCE:
+        raise ReasamError(
+            "bad_request",
+            f"region ends at {request.region.end:g} s, past the end of the file ({info.duration:.3f} s)",
+        )
+    return first, min(round(request.region.end * rate), info.frames)
+
+
+def _check_spans(request: Request, info: audio.AudioInfo) -> None:
+    for span in request.spans:
+        if span.start >= info.duration:
+            raise ReasamError(
+                "bad_request", f"span {span} starts after the end of the file ({info.duration:.3f} s)"
+            )
+
+
+def run(
+    request: Request,
+    job_dir: Path,
+    job_id: str,
+    progress: Progress = _no_progress,
+    cancelled: Callable[[], bool] = _never,
+) -> Result:
+    """Separate `request` into `job_dir` (created if missing); return the stems and manifest.
+
+    Raises ReasamError for anything the user can fix or should know, JobCancelled when
+    `cancelled()` turns true at a chunk boundary. Either way no stem is left under its final
+    name; temporary files are removed.
+    """
+    started = time.monotonic()
+    progress(0.0, "reading")
+    info = audio.probe(request.source)
+    first, last = resolve_region(request, info)
+    _check_spans(request, info)
+    engine = engines.choose(request.engine, request.prompt, request.spans)
+    text = engine.canonical_prompt(request.prompt) if request.prompt else ""
+    audio.ensure_writable_dir(job_dir)
+
+    rate = info.sample_rate
+    total = last - first
+    out_rate = request.output.sample_rate or rate
+    out_channels = 1 if request.output.mono else info.channels
+    out_total = round(total * out_rate / rate)
+    fmt = request.output.format
+    bit_depth = request.output.resolved_bit_depth
+    post = request.output.post
+    name = slug(request.target_name)
+    finals = {"target": job_dir / f"{name}.{fmt}", "residual": job_dir / f"{name}-residual.{fmt}"}
+    for final in finals.values():
+        if final.exists():
+            raise ReasamError("bad_request", f"{final}: already exists; choose another output folder")
+
+    caps = engine.capabilities
+    chunk_frames = int(min(caps.chunk_seconds, caps.max_seconds - 2 * _CONTEXT_SECONDS) * rate)
+    overlap = int(caps.overlap_seconds * rate)
+    context = int(_CONTEXT_SECONDS * rate)
+    chunks = plan(total, chunk_frames, overlap)
+
+    region_start, region_end = first / rate, last / rate
+    published: list[Path] = []
+    with audio.SourceReader(info, first - context, last + context) as reader:
+        progress(0.02, "preparing")
+        separator = _Separator(
+            engine, Prompt(text, request.spans, request.output.stereo), request.quality, reader, rate
+        )
+        # Without post-processing the first pass writes the final files directly; with it, the
+        # first pass writes float temporaries that the second pass reads back and finishes.
+        writers = {
+            role: audio.AudioWriter(
+                final,
+                out_rate,
+                out_channels,
+                "wav" if post.active else fmt,
+                32 if post.active else bit_depth,
+                out_total,
+            )
+            for role, final in finals.items()
+        }
+        try:
+            resamplers = {
+                role: audio.StreamResampler(rate, out_rate, out_channels, total) for role in writers
+            }
+            fader = Crossfader(overlap)
+            for chunk in chunks:
+                if cancelled():
+                    raise JobCancelled(job_id)
+                read_start = first + chunk.start - context
+                mix = reader.read(read_start, chunk.end - chunk.start + 2 * context)
+                target = fader.push(chunk, separator(mix, read_start / rate)[:, context:-context])
+                region_mix = mix[:, context : context + target.shape[1]]
+                for role, block in (("target", target), ("residual", region_mix - target)):
+                    if request.output.mono:
+                        block = block.mean(axis=0, keepdims=True)
+                    writers[role].write(resamplers[role].push(block, last=chunk.last))
+                progress(0.05 + 0.85 * chunk.emit_end / total, "separating")
+            stems = []
+            for role, writer in writers.items():
+                stem_name = request.target_name if role == "target" else f"{request.target_name} residual"
+                if post.active:
+                    stage = writer.close_unpublished()
+                    try:
+                        frames, lo, report = _finish(
+                            stage,
+                            finals[role],
+                            post,
+                            out_rate,
+                            out_channels,
+                            fmt,
+                            bit_depth,
+                            cancelled,
+                            job_id,
+                        )
+                    finally:
+                        stage.unlink(missing_ok=True)
+                    start_s = region_start + lo / out_rate
+                    stem = Stem(
+                        stem_name,
+                        role,
+                        finals[role].resolve(),
+                        out_channels,
+                        frames,
+                        start_s,
+                        start_s + frames / out_rate,
+                        report,
+                    )
+                else:
+                    writer.commit()
+                    stem = Stem(
+                        stem_name,
+                        role,
+                        finals[role].resolve(),
+                        out_channels,
+                        out_total,
+                        region_start,
+                        region_end,
+                    )
+                published.append(finals[role])
+                stems.append(stem)
+                progress(0.9 + 0.05 * len(stems), "writing")
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            # Stems this job already published are its own partial output: remove them too.
+            for path in published:
+                path.unlink(missing_ok=True)
+            raise
+
+    manifest = {
+        "job_id": job_id,
+        "request": request.as_dict(),
+        "engine": caps.name,
+        "model": caps.model or caps.name,
+        "version": __version__,
+        "sample_rate": out_rate,
+        "stems": [s.as_dict() for s in stems],
+        "prompt": text,
+        "quality": request.quality,
+        "source_sample_rate": rate,
+        "source_channels": info.channels,
+        "sum_rule": not post.active and fmt == "wav" and bit_depth == 32,
+        "post": post.as_dict(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    manifest_path = job_dir / "manifest.json"
+    audio.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    progress(1.0, "done")
+    return Result(job_id, manifest_path.resolve(), stems, manifest)
