@@ -16,6 +16,8 @@ from .errors import bad_request
 QUALITIES = ("fast", "balanced", "best")
 ENGINES = ("auto", "sam", "spleeter", "dsp")
 FORMATS = ("wav", "flac", "mp3")
+# How a mono model's output becomes stems of the source's channels (engines/sam.py).
+STEREO_MODES = ("mask", "mono")
 # Bit depths per format; 32 means 32-bit float, the default for WAV so stems never clip.
 BIT_DEPTHS = {"wav": (16, 24, 32), "flac": (16, 24), "mp3": ()}
 DEFAULT_BIT_DEPTH = {"wav": 32, "flac": 24, "mp3": None}
@@ -134,6 +136,9 @@ class OutputOptions:
     sample_rate: int | None = None
     mono: bool = False
     post: PostProcess = field(default_factory=PostProcess)
+    # "mask": a mono model's target becomes a time-frequency mask on every channel (keeps the
+    # stereo image); "mono": the raw model output on every channel.
+    stereo: str = "mask"
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -147,6 +152,8 @@ class OutputOptions:
             )
         if self.sample_rate is not None and not (MIN_RATE <= self.sample_rate <= MAX_RATE):
             raise bad_request(f"sample rate must be {MIN_RATE}-{MAX_RATE} Hz, got {self.sample_rate}")
+        if self.stereo not in STEREO_MODES:
+            raise bad_request(f"stereo must be one of {', '.join(STEREO_MODES)}, got {self.stereo!r}")
 
     @property
     def resolved_bit_depth(self) -> int | None:
@@ -202,5 +209,6 @@ class Request:
             "bit_depth": self.output.resolved_bit_depth,
             "sample_rate": self.output.sample_rate,
             "mono": self.output.mono,
+            "stereo": self.output.stereo,
             "post": self.output.post.as_dict(),
         }

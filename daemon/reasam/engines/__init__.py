@@ -17,6 +17,7 @@ __all__ = ["Capabilities", "Engine", "Prompt", "Separation", "SpanFetcher", "cho
 
 # Order is the `auto` preference among embedded engines.
 _FACTORIES: dict[str, str] = {
+    "sam": "reasam.engines.sam:SamEngine",  # preferred by `auto` whenever it is usable
     "spleeter": "reasam.engines.spleeter:SpleeterEngine",
     "dsp": "reasam.engines.dsp:DspEngine",
 }

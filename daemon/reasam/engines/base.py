@@ -47,6 +47,7 @@ class Prompt:
 
     text: str
     spans: tuple[Span, ...] = ()
+    stereo: str = "mask"  # request.OutputOptions.stereo: how a mono model's output fills channels
 
 
 class Separation(ABC):
@@ -81,9 +82,7 @@ class Engine(ABC):
     def understands(self, text: str, spans: tuple[Span, ...]) -> bool:
         if text and self.canonical_prompt(text) is None:
             return False
-        if spans and not self.capabilities.spans:
-            return False
-        return True
+        return self.capabilities.spans or not spans
 
     @abstractmethod
     def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher) -> Separation:

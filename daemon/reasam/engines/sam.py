@@ -1,0 +1,454 @@
+"""SAM-Audio engine: any sound by free text and/or time spans, over the upstream `sam_audio`.
+
+The upstream package is optional and detected at run time (`reasam engines` says what is
+missing); weights come from `reasam.models`, which keeps one model warm between jobs.
+
+How a request becomes model calls:
+
+- text → `descriptions=[text]` (lower-cased, as the model was trained); spans →
+  `anchors=[("+"|"-", start, end), …]` relative to each call's audio, snapped outward to the
+  model's 40 ms frames; a span-only prompt has the description "";
+- quality → reranking candidates, span prediction and ODE steps (`PRESETS`, README table). A
+  preset whose ranker or span predictor is not available fails and says so, never quietly does
+  less. Span prediction only applies to text prompts (anchors, when given, are the spans), and
+  span-only prompts are not reranked (the rankers score against the text);
+- audio arrives at 48 kHz (the pipeline resamples with soxr), is downmixed to mono here and cast
+  to the model's dtype (`Batch.to` never casts); the output, padded up to 1920-sample frames, is
+  trimmed back to the input.
+
+Long audio: the pipeline cuts chunks of `chunk_seconds` (default 30) overlapping by
+`overlap_seconds` (default 2) with 0.5 s of context each side, and crossfades them. A chunk that
+holds too little of the `+` spans gets a prefix: the spans' own audio (≤ 10 s of `+`, ≤ 5 s of
+`-`, fetched once per job), anchored, followed by the chunk; the prefix's output is dropped. So
+every chunk hears an example of the target.
+
+Stereo: the model is mono. In `mask` mode (default) the mono target and residual become a
+time-frequency ratio mask |T|² / (|T|² + |R|²) (2048-point STFT, hop 512) applied to every
+channel of the original, so each stem keeps the mix's stereo image and its bits come from the
+original audio; the pipeline's residual = mix - target keeps the sum exact. `mono` mode returns
+the raw model target on every channel.
+
+Memory: one model per process; the CUDA cache is emptied after every chunk. On out-of-memory the
+chunk is retried in halves (crossfaded, sticky for the rest of the job) down to 5 s pieces;
+beyond that the job fails with `out_of_memory` naming a variant that would fit, and the engine
+stays usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import models
+from ..errors import ReasamError
+from ..request import Span
+from .base import Capabilities, Engine, Prompt, Separation, SpanFetcher
+from .chunking import Crossfader, plan
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = models.SAMPLE_RATE
+HOP = models.HOP
+FRAME_SECONDS = HOP / SAMPLE_RATE  # 0.04
+# Longest call the engine accepts from the pipeline: under the 400 s position table, leaving room
+# for a span prefix.
+MAX_SECONDS = 380.0
+PREFIX_PLUS_SECONDS = 10.0
+PREFIX_MINUS_SECONDS = 5.0
+# A chunk anchors its + spans in place when it holds at least this much of them (or half of
+# their total length, if shorter); otherwise it gets the prefix.
+IN_PLACE_SECONDS = 1.0
+MIN_PIECE_SECONDS = 5.0  # out-of-memory retries halve pieces down to this
+PIECE_OVERLAP_SECONDS = 1.0
+MASK_FFT = 2048
+MASK_HOP = 512
+MASK_POWER = 2.0
+MASK_EPS = 1e-12
+STEREO_MODES = ("mask", "mono")
+STAT_KEYS = ("calls", "prefixed_calls", "oom_retries", "model_seconds", "mask_seconds")
+
+
+@dataclass(frozen=True)
+class Preset:
+    candidates: int  # reranking candidates (k× the transformer work)
+    predict_spans: bool  # span predictor for text prompts
+    ode_opt: dict = field(default_factory=dict)  # torchdiffeq options: method and step size
+
+    @property
+    def evaluations(self) -> int:
+        """Model evaluations per candidate (midpoint: 2 per step)."""
+        step = self.ode_opt["options"]["step_size"]
+        return (2 if self.ode_opt["method"] == "midpoint" else 1) * round(1 / step)
+
+
+PRESETS: dict[str, Preset] = {
+    # 8 midpoint steps: half the upstream default's model evaluations.
+    "fast": Preset(1, False, {"method": "midpoint", "options": {"step_size": 1 / 8}}),
+    # The upstream default ODE (midpoint, step 2/32: 16 steps, 32 evaluations).
+    "balanced": Preset(4, True, {"method": "midpoint", "options": {"step_size": 2 / 32}}),
+    "best": Preset(8, True, {"method": "midpoint", "options": {"step_size": 2 / 32}}),
+}
+
+
+def _anchor_time(frame: int) -> float:
+    """Seconds that the upstream processor (ceil(t * rate / hop)) maps to exactly `frame`.
+
+    A frame boundary itself can round either way in floating point (0.12 s * 48000 is
+    5760.000000000001, which ceils to frame 4, not 3); half a frame below is safe.
+    """
+    return 0.0 if frame <= 0 else (frame - 0.5) * FRAME_SECONDS
+
+
+def anchor(sign: str, start: float, end: float, limit_frames: int) -> tuple[str, float, float] | None:
+    """An anchor covering [start, end) seconds, snapped outward to frames, clipped to the call."""
+    first = max(0, math.floor(start / FRAME_SECONDS + 1e-9))
+    last = min(limit_frames, math.ceil(end / FRAME_SECONDS - 1e-9))
+    if last <= first:
+        return None
+    return (sign, _anchor_time(first), _anchor_time(last))
+
+
+@dataclass
+class _Prefix:
+    audio: np.ndarray  # mono, a whole number of frames
+    anchors: list[tuple[str, float, float]]
+
+
+def ratio_mask_stems(
+    mix: torch.Tensor, target: torch.Tensor, residual: torch.Tensor, power: float = MASK_POWER
+) -> torch.Tensor:
+    """Apply the mask |T|^p / (|T|^p + |R|^p) of mono target/residual to every channel of `mix`.
+
+    `mix` is (channels, n), `target` and `residual` (n,), all float32 on one device. Returns the
+    masked mix, (channels, n). A mask of ones gives back `mix` to float precision.
+    """
+    n = mix.shape[-1]
+    window = torch.hann_window(MASK_FFT, device=mix.device)
+    stacked = torch.cat([mix, target[None], residual[None]], dim=0)
+    spec = torch.stft(stacked, MASK_FFT, MASK_HOP, window=window, center=True, return_complex=True)
+    t, r = spec[-2].abs().pow(power), spec[-1].abs().pow(power)
+    mask = t / (t + r + MASK_EPS)
+    out = torch.istft(spec[:-2] * mask, MASK_FFT, MASK_HOP, window=window, center=True, length=n)
+    return out
+
+
+class _SamSeparation(Separation):
+    """One prepared prompt; holds a lease on the warm model until the job lets go of it."""
+
+    def __init__(
+        self,
+        engine: SamEngine,
+        lease: models.Lease,
+        text: str,
+        spans: tuple[Span, ...],
+        quality: str,
+        stereo: str,
+        fetch_span: SpanFetcher,
+    ) -> None:
+        self.engine = engine
+        self.loaded = lease.model
+        self.text = text
+        self.spans = spans
+        self.quality = quality
+        self.preset = PRESETS[quality]
+        self.candidates = self.preset.candidates if text else 1
+        self.predict_spans = self.preset.predict_spans and not spans
+        self.stereo = stereo
+        self.piece_frames: int | None = None  # set after an out-of-memory: pieces this long
+        self._plus_total = sum(s.end - s.start for s in spans if s.positive)
+        # Fetched now rather than when a chunk first needs it: holding `fetch_span` would tie this
+        # object into the pipeline's reference cycle and delay the end of the lease to a GC pass.
+        self._prefix = _build_prefix(spans, fetch_span) if spans else None
+        # The lease ends when the pipeline drops this object (or on close()), whichever first.
+        self._finalizer = weakref.finalize(self, lease.release)
+        # What this job's calls did (engine.totals sums every job's), for tests and benchmarks.
+        self.stats = dict.fromkeys(STAT_KEYS, 0.0)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def _count(self, key: str, value: float) -> None:
+        self.stats[key] += value
+        self.engine.totals[key] += value
+
+    # -- public
+
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        try:
+            return self._split(np.ascontiguousarray(audio, dtype=np.float32), start)
+        except BaseException:
+            # The pipeline ends the job on any error: let go of the model now rather than when
+            # the traceback that holds this object is dropped.
+            self.close()
+            raise
+        finally:
+            models.empty_cache(self.loaded.device)
+
+    # -- out-of-memory fallback: shorter pieces, crossfaded
+
+    def _split(self, audio: np.ndarray, start: float) -> np.ndarray:
+        n = audio.shape[1]
+        if self.piece_frames is None or n <= self.piece_frames:
+            try:
+                return self._piece(audio, start)
+            except Exception as exc:
+                if not models.is_out_of_memory(exc):
+                    raise
+                message = str(exc)
+            # Outside the except block: the traceback and its tensors are gone before retrying.
+            self._shrink(n, message)
+        assert self.piece_frames is not None
+        overlap = min(int(PIECE_OVERLAP_SECONDS * SAMPLE_RATE), self.piece_frames // 4)
+        fader = Crossfader(overlap)
+        parts = []
+        for piece in plan(n, self.piece_frames, overlap):
+            y = self._split(audio[:, piece.start : piece.end], start + piece.start / SAMPLE_RATE)
+            parts.append(fader.push(piece, y))
+        return np.concatenate(parts, axis=1)
+
+    def _shrink(self, n: int, message: str) -> None:
+        self.engine.manager._free_memory()
+        current = min(self.piece_frames or n, n)
+        half = (current // 2) // HOP * HOP
+        self._count("oom_retries", 1)
+        if half < MIN_PIECE_SECONDS * SAMPLE_RATE:
+            lm = self.loaded
+            hint = models.suggest_variant(lm.variant, models.device_memory(lm.device))
+            advice = [f"try variant {hint} (REASAM_SAM_VARIANT={hint})"] if hint else []
+            if self.candidates > 1:
+                advice.append("--quality fast (no reranking candidates)")
+            advice.append("or free GPU memory")
+            raise ReasamError(
+                "out_of_memory",
+                f"SAM-Audio {lm.variant} ran out of memory on {lm.device} even on "
+                f"{current / SAMPLE_RATE:.0f} s pieces with {self.candidates} candidate(s): "
+                + ", ".join(advice)
+                + f" ({message[:160]})",
+            )
+        log.warning(
+            "out of memory on %.0f s of audio; retrying in %.0f s pieces",
+            current / SAMPLE_RATE,
+            half / SAMPLE_RATE,
+        )
+        self.piece_frames = half
+
+    # -- one model call
+
+    def _piece(self, audio: np.ndarray, start: float) -> np.ndarray:
+        channels, n = audio.shape
+        mono = audio.mean(axis=0)
+        anchors, prefix = self._prompt_for(start, n)
+        if prefix is not None:
+            x = np.concatenate([prefix.audio, mono])
+            p = prefix.audio.shape[0]
+            self._count("prefixed_calls", 1)
+        else:
+            x, p = mono, 0
+        target, residual = self._call(x, anchors)
+        target, residual = target[p : p + n], residual[p : p + n]
+        if self.stereo == "mono":
+            return target[None].repeat(channels, 1).cpu().numpy()
+        t0 = time.perf_counter()
+        mix = torch.from_numpy(audio).to(device=target.device, dtype=torch.float32)
+        out = ratio_mask_stems(mix, target, residual).cpu().numpy()
+        self._count("mask_seconds", time.perf_counter() - t0)
+        return out
+
+    def _call(self, x: np.ndarray, anchors: list | None) -> tuple[torch.Tensor, torch.Tensor]:
+        lm = self.loaded
+        frames = math.ceil(x.shape[0] / HOP)
+        if frames > models.MAX_FRAMES:
+            raise ReasamError(
+                "engine_failed",
+                f"internal: a SAM-Audio call of {x.shape[0] / SAMPLE_RATE:.0f} s exceeds the model's ≈400 s",
+            )
+        t0 = time.perf_counter()
+        wav = torch.from_numpy(np.ascontiguousarray(x)).to(device=lm.device, dtype=lm.dtype)[None]
+        batch = lm.processor(
+            descriptions=[self.text],
+            audios=[wav],
+            anchors=[anchors] if anchors else None,
+        ).to(lm.device)
+        with torch.inference_mode():
+            result = lm.model.separate(
+                batch,
+                reranking_candidates=self.candidates,
+                predict_spans=self.predict_spans,
+                ode_opt=self.preset.ode_opt,
+            )
+        n = x.shape[0]
+        target = result.target[0].reshape(-1)[:n].float()
+        residual = result.residual[0].reshape(-1)[:n].float()
+        if target.shape[0] < n:  # never seen upstream; keep the contract if it happens
+            target = torch.nn.functional.pad(target, (0, n - target.shape[0]))
+            residual = torch.nn.functional.pad(residual, (0, n - residual.shape[0]))
+        del result, batch, wav
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize(lm.device)  # so model_seconds is the model's time, not its queueing
+        self._count("calls", 1)
+        self._count("model_seconds", time.perf_counter() - t0)
+        return target, residual
+
+    # -- spans
+
+    def _prompt_for(self, start: float, n: int) -> tuple[list | None, _Prefix | None]:
+        """Anchors for a call covering [start, start + n) source seconds, and a prefix if needed."""
+        if not self.spans:
+            return None, None
+        duration = n / SAMPLE_RATE
+        limit = math.ceil(n / HOP)
+        inside, plus_inside = [], 0.0
+        for span in self.spans:
+            a, b = max(span.start - start, 0.0), min(span.end - start, duration)
+            if b <= a:
+                continue
+            inside.append((span.sign, a, b))
+            if span.positive:
+                plus_inside += b - a
+        if plus_inside >= min(IN_PLACE_SECONDS, 0.5 * self._plus_total):
+            anchors = [x for x in (anchor(s, a, b, limit) for s, a, b in inside) if x]
+            return anchors or None, None
+        prefix = self._prefix
+        assert prefix is not None
+        shift = prefix.audio.shape[0] / SAMPLE_RATE
+        total = limit + prefix.audio.shape[0] // HOP
+        anchors = list(prefix.anchors)
+        anchors += [x for x in (anchor(s, a + shift, b + shift, total) for s, a, b in inside) if x]
+        return anchors, prefix
+
+
+def _build_prefix(spans: tuple[Span, ...], fetch_span: SpanFetcher) -> _Prefix:
+    """The spans' own audio: ≤ 10 s of + spans, then ≤ 5 s of - spans, each frame-padded."""
+    parts: list[np.ndarray] = []
+    anchors = []
+    frames = 0
+    for sign, budget in (("+", PREFIX_PLUS_SECONDS), ("-", PREFIX_MINUS_SECONDS)):
+        left = int(budget * SAMPLE_RATE)
+        for span in spans:
+            if span.sign != sign or left <= 0:
+                continue
+            audio = np.asarray(fetch_span(span), dtype=np.float32)
+            mono = audio.reshape(-1, audio.shape[-1]).mean(axis=0)
+            mono = mono[: min(left, round((span.end - span.start) * SAMPLE_RATE))]
+            if mono.shape[0] == 0:
+                continue
+            padded = np.zeros(math.ceil(mono.shape[0] / HOP) * HOP, dtype=np.float32)
+            padded[: mono.shape[0]] = mono
+            parts.append(padded)
+            count = padded.shape[0] // HOP
+            anchors.append((sign, _anchor_time(frames), _anchor_time(frames + count)))
+            frames += count
+            left -= mono.shape[0]
+    audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return _Prefix(audio, anchors)
+
+
+class SamEngine(Engine):
+    """SAM-Audio (Meta): isolate any sound described by text and/or marked by time spans."""
+
+    def __init__(self, manager: models.ModelManager | None = None) -> None:
+        # A bad REASAM_SAM_* setting makes this engine unusable, never the registry.
+        self._settings_error: str | None = None
+        if manager is None:
+            try:
+                manager = models.default_manager()
+            except ReasamError as exc:
+                self._settings_error = f"bad SAM setting: {exc.message}"
+                manager = models.ModelManager(models.SamSettings())
+        self.manager = manager
+        settings = self.manager.settings
+        try:
+            device = str(self.manager.device())
+        except ReasamError:
+            device = settings.device
+        try:
+            variant = self.manager.variant()
+        except ReasamError:
+            variant = settings.variant
+        model = str(settings.model_path) if settings.model_path else models.repo_id(variant)
+        self.capabilities = Capabilities(
+            name="sam",
+            description="SAM-Audio (Meta): any sound by free text and/or + / - time spans",
+            prompts={},
+            free_text=True,
+            spans=True,
+            sample_rate=SAMPLE_RATE,
+            channels=None,  # all channels at once: stereo is rebuilt here from the mono model
+            max_seconds=MAX_SECONDS,
+            chunk_seconds=settings.chunk_seconds,
+            overlap_seconds=settings.overlap_seconds,
+            device=device,
+            model=model,
+        )
+        self.last_separation: Callable[[], _SamSeparation | None] = lambda: None
+        self.totals = dict.fromkeys(STAT_KEYS, 0.0)
+
+    def unavailable_reason(self) -> str | None:
+        if self._settings_error is not None:
+            return self._settings_error
+        problem = models.sam_audio_problem()
+        if problem is not None:
+            return problem
+        try:
+            self.manager.resolve()
+        except ReasamError as exc:
+            return exc.message
+        return None
+
+    def describe(self) -> dict:
+        row = super().describe()
+        row["model"] = self.capabilities.model
+        row["model_state"] = self.manager.state_line()
+        row["model_info"] = self.manager.state()
+        row["presets"] = {
+            name: {"candidates": p.candidates, "predict_spans": p.predict_spans, "evaluations": p.evaluations}
+            for name, p in PRESETS.items()
+        }
+        return row
+
+    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher) -> Separation:
+        if self._settings_error is not None:
+            raise ReasamError("bad_request", self._settings_error)
+        if quality not in PRESETS:
+            raise ReasamError("bad_request", f"quality must be one of {', '.join(PRESETS)}, got {quality!r}")
+        stereo = getattr(prompt, "stereo", "mask")
+        if stereo not in STEREO_MODES:
+            raise ReasamError(
+                "bad_request", f"stereo must be one of {', '.join(STEREO_MODES)}, got {stereo!r}"
+            )
+        if not prompt.text and not any(s.positive for s in prompt.spans):
+            raise ReasamError("unsupported_prompt", "SAM-Audio needs a text prompt or a + span")
+        preset = PRESETS[quality]
+        candidates = preset.candidates if prompt.text else 1
+        predict = preset.predict_spans and not prompt.spans
+        extras = ({"ranker"} if candidates > 1 else set()) | ({"predictor"} if predict else set())
+        lease = self.manager.acquire(extras=frozenset(extras))
+        try:
+            self._check_extras(lease.model, quality, candidates, predict)
+            separation = _SamSeparation(self, lease, prompt.text, prompt.spans, quality, stereo, fetch_span)
+        except BaseException:
+            lease.release()
+            raise
+        self.last_separation = weakref.ref(separation)
+        return separation
+
+    @staticmethod
+    def _check_extras(lm: models.LoadedModel, quality: str, candidates: int, predict: bool) -> None:
+        missing = []
+        if candidates > 1 and not lm.has_ranker:
+            missing.append(f"a text ranker to rerank its {candidates} candidates")
+        if predict and not lm.has_predictor:
+            missing.append("the span predictor")
+        if missing:
+            raise ReasamError(
+                "engine_failed",
+                f"quality {quality} needs {' and '.join(missing)}, but SAM-Audio {lm.variant} "
+                f"({lm.folder}) has none configured in its config.json; use --quality fast",
+            )
