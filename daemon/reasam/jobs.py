@@ -1,0 +1,1168 @@
+"""Jobs: a priority queue with a crash-proof journal, cancel, a bounded size and a result cache.
+
+Front doors (OSC today; the watch folder and CSV batches later) build a `Request` and call
+`JobManager.submit` with their own priority class; nothing here knows about sockets. The manager
+runs each job through `pipeline.run` on one worker thread per device, because two model jobs on
+one GPU only fight over its memory and bandwidth; different devices do work in parallel.
+
+Durability: every job is written to an SQLite journal (WAL) *before* it is acknowledged, and
+every state change is journaled before it is announced. After a crash (kill -9, power cut of the
+process) the next start finds the jobs that were queued or running and queues them again, in
+their original order. A job that was running restarts from the beginning in an emptied folder,
+unless its manifest had already been written, in which case it is simply marked done: so a job
+completes exactly once, and nothing acknowledged is lost.
+
+Each job has a folder `<out>/<job_id>/` with `status.json` (rewritten atomically on every change)
+and, when done, `manifest.json` (written once, by the pipeline or by the cache); see
+../shared/docs/protocol.md, "Files".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import heapq
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, audio
+from .errors import JobCancelled, ReasamError
+from .request import OutputOptions, PostProcess, Region, Request, Span
+
+log = logging.getLogger("reasam.jobs")
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+ACTIVE = ("queued", "running")
+FINAL = ("done", "error", "cancelled")
+# status.json is rewritten at most this often for progress (state changes always are): each
+# write costs a file and a rename, and a client polling the file gains nothing from more.
+PROGRESS_INTERVAL = 0.2
+# A stopping daemon waits this long for an interrupted job to reach its next chunk boundary.
+INTERRUPT_WAIT = 30.0
+# Finished jobs stay in the journal (for idempotent retries and `status`) this long.
+RETENTION_SECONDS = 30 * 24 * 3600
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first. Interactive requests must not wait behind a folder of batch work."""
+
+    OSC = 0  # REAPER actions and other OSC clients: a person is waiting
+    WATCH = 1  # files dropped into the watch folder
+    BATCH = 2  # CSV batches
+
+
+def valid_job_id(job_id: object) -> bool:
+    return isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests in the journal
+
+
+_SPECIAL = ("source", "prompt", "spans", "region", "output")
+
+
+def encode_request(request: Request) -> dict[str, Any]:
+    """The request as exact JSON for the journal: spans and region as floats (as_dict rounds
+    them to text), and every field of Request and OutputOptions generically, so a field added
+    to the request later is journaled, fingerprinted and cache-keyed without a change here."""
+    output = {f.name: getattr(request.output, f.name) for f in dataclasses.fields(OutputOptions)}
+    output["post"] = request.output.post.as_dict()
+    data: dict[str, Any] = {
+        "source": str(request.source),
+        "prompt": request.prompt,
+        "spans": [[s.sign, s.start, s.end] for s in request.spans],
+        "region": [request.region.start, request.region.end],
+        "output": output,
+    }
+    for f in dataclasses.fields(Request):
+        if f.name not in _SPECIAL:
+            data[f.name] = getattr(request, f.name)
+    return data
+
+
+def decode_request(data: dict[str, Any]) -> Request:
+    """Inverse of `encode_request`; validation runs again, as for any new request."""
+    output = dict(data["output"])
+    output["post"] = PostProcess(**output.get("post", {}))
+    extra = {k: v for k, v in data.items() if k not in _SPECIAL}
+    return Request(
+        source=Path(data["source"]),
+        prompt=data["prompt"],
+        spans=tuple(Span(sign, float(a), float(b)) for sign, a, b in data["spans"]),
+        region=Region(float(data["region"][0]), data["region"][1]),
+        output=OutputOptions(**output),
+        **extra,
+    )
+
+
+def fingerprint(request: Request, out_root: Path) -> str:
+    """What makes two submissions "the same request" for idempotent job ids."""
+    blob = json.dumps({"request": encode_request(request), "out": str(out_root)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal
+
+
+class Journal:
+    """SQLite record of every job; the source of truth across restarts.
+
+    WAL with synchronous=NORMAL: a committed transaction survives the process being killed
+    (only an OS crash could lose the last one), and commits cost no fsync of the main file.
+    One connection shared by the threads behind a lock: writes are tiny and rare.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS jobs (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                job_id TEXT NOT NULL UNIQUE,
+                priority INTEGER NOT NULL,
+                fingerprint TEXT NOT NULL,
+                request TEXT NOT NULL,
+                out_root TEXT NOT NULL,
+                device TEXT NOT NULL,
+                origin TEXT NOT NULL,
+                state TEXT NOT NULL,
+                stage TEXT NOT NULL DEFAULT '',
+                message TEXT NOT NULL DEFAULT '',
+                code TEXT,
+                manifest TEXT,
+                cached INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                created REAL NOT NULL,
+                updated REAL NOT NULL)"""
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+
+    def insert(self, job: Job) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO jobs (job_id, priority, fingerprint, request, out_root, device, origin,"
+                " state, stage, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.job_id,
+                    int(job.priority),
+                    job.fingerprint,
+                    json.dumps(encode_request(job.request)),
+                    str(job.out_root),
+                    job.device,
+                    json.dumps(job.origin),
+                    job.state,
+                    job.stage,
+                    job.created,
+                    time.time(),
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def update(self, job_id: str, **values: Any) -> None:
+        values["updated"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {cols} WHERE job_id = ?", (*values.values(), job_id))
+
+    def get(self, job_id: str) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+
+    def active(self) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
+            ).fetchall()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def prune(self, older_than: float) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM jobs WHERE state IN ('done', 'error', 'cancelled') AND updated < ?",
+                (older_than,),
+            )
+            return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+@dataclass
+class Job:
+    """One request moving through the daemon. `origin` is the front door's own data (for OSC:
+    where replies go), journaled so a job recovered after a crash can still report back."""
+
+    job_id: str
+    request: Request
+    out_root: Path
+    priority: Priority
+    fingerprint: str
+    device: str
+    origin: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    state: str = "queued"
+    fraction: float = 0.0
+    stage: str = "queued"
+    message: str = ""
+    code: str | None = None
+    manifest_path: str | None = None
+    cached: bool = False
+    attempts: int = 0
+    created: float = field(default_factory=time.time)
+    cancel_requested: bool = False
+    last_write: float = 0.0
+    # Where the time went, in seconds (status.json "timing"): waiting in the queue, running,
+    # and inside the pipeline (None for a cache hit). run - pipeline is the daemon's own cost.
+    timing: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def job_dir(self) -> Path:
+        return self.out_root / self.job_id
+
+    def status(self) -> dict[str, Any]:
+        """The status.json object (protocol keys first; the rest are additions)."""
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "fraction": round(self.fraction, 4),
+            "stage": self.stage,
+            "message": self.message,
+            "code": self.code,
+            "manifest_path": self.manifest_path,
+            "priority": self.priority.name.lower(),
+            "cached": self.cached,
+            "updated": round(time.time(), 3),
+            "timing": dict(self.timing),
+        }
+
+
+def _status_from_row(row: sqlite3.Row) -> dict[str, Any]:
+    state = row["state"]
+    return {
+        "job_id": row["job_id"],
+        "state": state,
+        "fraction": 1.0 if state == "done" else 0.0,
+        "stage": row["stage"],
+        "message": row["message"],
+        "code": row["code"],
+        "manifest_path": row["manifest"],
+        "priority": Priority(row["priority"]).name.lower(),
+        "cached": bool(row["cached"]),
+        "updated": round(row["updated"], 3),
+    }
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The answer to a submission: the job's state now, and whether this call created it."""
+
+    job_id: str
+    status: dict[str, Any]
+    position: int | None  # jobs ahead of it on its device (running one included); None if not queued
+    created: bool
+    origin: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change a front door may want to report: kind is progress | done | error | cancelled."""
+
+    kind: str
+    job_id: str
+    status: dict[str, Any]
+    origin: dict[str, Any]
+
+
+Listener = Callable[[Event], None]
+Runner = Callable[..., Any]  # pipeline.run's signature
+
+
+def _default_device(request: Request) -> str:
+    """The device a request's engine runs on: the key of its worker queue."""
+    from . import engines
+
+    engine = engines.choose(request.engine, request.prompt, request.spans)
+    return engine.capabilities.device
+
+
+def _default_runner(*args: Any, **kwargs: Any) -> Any:
+    from . import pipeline
+
+    return pipeline.run(*args, **kwargs)
+
+
+def _check_source(path: Path) -> None:
+    """Cheap checks at submit time, so an unreadable path is refused before it is queued."""
+    if not path.is_absolute():
+        raise ReasamError("bad_request", f"{path}: the path must be absolute")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ReasamError("not_found", f"{path}: no such file") from None
+    except OSError as exc:
+        raise ReasamError("not_found", f"{path}: cannot access ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ReasamError("bad_request", f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ReasamError("not_found", f"{path}: permission denied")
+
+
+_KEEP_ON_RESTART = {"status.json"}
+
+
+def clear_outputs(job_dir: Path) -> None:
+    """Remove what an interrupted run may have left in its own folder (not status.json).
+
+    The folder belongs to the job alone: submit refuses a job whose folder already holds
+    anything, so nothing here can be a file the user put there.
+    """
+    if not job_dir.is_dir():
+        return
+    for entry in job_dir.iterdir():
+        if entry.name in _KEEP_ON_RESTART:
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def _manifest_complete(job: Job) -> str | None:
+    """The manifest path if the job's manifest and all its stems are on disk, else None."""
+    path = job.job_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("job_id") != job.job_id:
+            return None
+        if all(Path(s["path"]).is_file() for s in manifest["stems"]):
+            return str(path.resolve())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+class JobManager:
+    """The queue, its workers and the journal. Thread-safe; front doors call submit/cancel/status."""
+
+    def __init__(
+        self,
+        journal_path: Path,
+        cache: ResultCache | None = None,
+        queue_limit: int = 256,
+        runner: Runner | None = None,
+        device_of: Callable[[Request], str] | None = None,
+        after_job: Callable[[], None] | None = None,
+    ) -> None:
+        self.journal = Journal(journal_path)
+        self.cache = cache
+        self.queue_limit = queue_limit
+        self._runner = runner or _default_runner
+        self._device_of = device_of or _default_device
+        self._after_job = after_job
+        self._cond = threading.Condition(threading.RLock())
+        self._jobs: dict[str, Job] = {}  # active jobs only; finished ones live in the journal
+        self._heaps: dict[str, list[tuple[int, int, str]]] = {}
+        self._running: dict[str, Job] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._listeners: list[Listener] = []
+        self._queued = 0
+        self._stopping = False
+        self._interrupt = False
+        self._started = False
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, kind: str, job: Job) -> None:
+        event = Event(kind, job.job_id, job.status(), dict(job.origin))
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("listener failed on %s %s", kind, job.job_id)
+
+    def start(self) -> list[str]:
+        """Recover unfinished jobs from the journal and start the workers; returns their ids."""
+        self.journal.prune(time.time() - RETENTION_SECONDS)
+        recovered: list[str] = []
+        for row in self.journal.active():
+            job_id = row["job_id"]
+            try:
+                job = Job(
+                    job_id=job_id,
+                    request=decode_request(json.loads(row["request"])),
+                    out_root=Path(row["out_root"]),
+                    priority=Priority(row["priority"]),
+                    fingerprint=row["fingerprint"],
+                    device=row["device"],
+                    origin=json.loads(row["origin"]),
+                    seq=row["seq"],
+                    attempts=row["attempts"],
+                    created=row["created"],
+                )
+            except (ReasamError, ValueError, KeyError, TypeError) as exc:
+                log.error("journal: job %s cannot be recovered (%s)", job_id, exc)
+                self.journal.update(job_id, state="error", code="internal", message=f"not recoverable: {exc}")
+                continue
+            if row["state"] == "running":
+                manifest = _manifest_complete(job)
+                if manifest is not None:
+                    # The crash came after the manifest was written: the job did complete.
+                    job.manifest_path = manifest
+                    self._finish(job, "done", stage="done", fraction=1.0)
+                    log.info("journal: job %s had finished before the restart; marked done", job_id)
+                    continue
+                clear_outputs(job.job_dir)
+                log.info("journal: job %s was running at the last stop; it runs again", job_id)
+            else:
+                log.info("journal: job %s was queued at the last stop; queued again", job_id)
+            job.stage = "queued"
+            job.message = "recovered after a restart"
+            with self._cond:
+                self._enqueue(job)
+            self.journal.update(job_id, state="queued", stage="queued", message=job.message)
+            self._write_status(job, durable=False)
+            recovered.append(job_id)
+        with self._cond:
+            self._started = True
+            for device in list(self._heaps):
+                self._ensure_worker(device)
+        return recovered
+
+    # -- front-door API ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        job_id: str,
+        request: Request,
+        out_root: Path,
+        priority: Priority = Priority.OSC,
+        origin: dict[str, Any] | None = None,
+        announce: Callable[[Submitted], None] | None = None,
+    ) -> Submitted:
+        """Queue a job, or answer with the state of the job that already has this id.
+
+        `announce` is called with a new job's Submitted after it is journaled and before a
+        worker can see it, so a front door's "accepted" always goes out before any progress.
+
+        Raises ReasamError: bad_request (invalid id, the id used by a different request, a job
+        folder that already holds files), not_found (unreadable source), unsupported_prompt,
+        busy (queue full or daemon stopping).
+        """
+        if not valid_job_id(job_id):
+            raise ReasamError("bad_request", f"job_id must match {JOB_ID_PATTERN[1:-1]}, got {job_id!r}")
+        out_root = Path(out_root)
+        if not out_root.is_absolute():
+            raise ReasamError("bad_request", f"{out_root}: the output folder must be an absolute path")
+        fp = fingerprint(request, out_root)
+        origin = dict(origin or {})
+        with self._cond:
+            existing = self._existing(job_id, fp)
+            if existing is not None:
+                return existing
+            if self._stopping:
+                raise ReasamError("busy", "the daemon is shutting down; retry when it is back")
+            if self._queued >= self.queue_limit:
+                raise ReasamError("busy", f"the queue is full ({self.queue_limit} jobs waiting); retry later")
+        # Checks that touch the disk or load engine code run outside the lock.
+        _check_source(request.source)
+        device = self._device_of(request)
+        audio.ensure_writable_dir(out_root)
+        job = Job(job_id, request, out_root, Priority(priority), fp, device, origin)
+        with self._cond:
+            # Re-check: another thread may have submitted the same id meanwhile.
+            existing = self._existing(job_id, fp)
+            if existing is not None:
+                return existing
+            if self._queued >= self.queue_limit:
+                raise ReasamError("busy", f"the queue is full ({self.queue_limit} jobs waiting); retry later")
+            try:
+                job.job_dir.mkdir()
+            except FileExistsError:
+                if any(job.job_dir.iterdir()):
+                    raise ReasamError(
+                        "bad_request",
+                        f"{job.job_dir}: a job folder with this id already holds files; "
+                        "choose another job_id",
+                    ) from None
+            except OSError as exc:
+                raise ReasamError("bad_request", f"{job.job_dir}: cannot create ({exc.strerror})") from None
+            try:
+                job.seq = self.journal.insert(job)
+            except sqlite3.IntegrityError:
+                raise ReasamError("bad_request", f"job id {job_id} is already in use") from None
+            if not self._write_status(job, durable=False):  # the journal row is the durable record
+                self.journal.update(
+                    job_id, state="error", code="bad_request", message="cannot write status.json"
+                )
+                raise ReasamError("bad_request", f"{job.job_dir}: cannot write status.json")
+            position = self._position(job)  # the same before and after it joins the heap
+            submitted = Submitted(job_id, job.status(), position, True, origin)
+            if announce is not None:
+                try:
+                    announce(submitted)
+                except Exception:
+                    log.exception("job %s: announcing it failed", job_id)
+            self._enqueue(job)
+            if self._started:
+                self._ensure_worker(device)
+        log.info("job %s queued (%s, %s, position %d)", job_id, job.priority.name.lower(), device, position)
+        return submitted
+
+    def _existing(self, job_id: str, fp: str) -> Submitted | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            if job.fingerprint != fp:
+                raise ReasamError("bad_request", f"job id {job_id} is already used by a different request")
+            position = (
+                self._position(job) if job.state == "queued" else (0 if job.state == "running" else None)
+            )
+            return Submitted(job_id, job.status(), position, False, dict(job.origin))
+        row = self.journal.get(job_id)
+        if row is None:
+            return None
+        if row["fingerprint"] != fp:
+            raise ReasamError("bad_request", f"job id {job_id} is already used by a different request")
+        return Submitted(job_id, _status_from_row(row), None, False, json.loads(row["origin"]))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job. A queued job is cancelled at once; a running one at its next chunk (the
+        `cancelled` event follows). A finished job is left as it is. Returns its status now."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return self.status(job_id)
+            if job.state == "queued":
+                self._queued -= 1
+                job.cancel_requested = True
+                del self._jobs[job_id]  # its heap entry is skipped when popped
+                self._finish(job, "cancelled", stage="cancelled", message="cancelled before it started")
+                clear_outputs(job.job_dir)
+                return job.status()
+            job.cancel_requested = True
+            log.info("job %s: cancel requested while running", job_id)
+            return job.status()
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status.json object; not_found for an id never seen (or long forgotten)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                out = job.status()
+                out["queue_position"] = self._position(job) if job.state == "queued" else None
+                return out
+        row = self.journal.get(job_id)
+        if row is None:
+            raise ReasamError("not_found", f"no job with id {job_id}")
+        return _status_from_row(row)
+
+    def position(self, job_id: str) -> int | None:
+        with self._cond:
+            job = self._jobs.get(job_id)
+            return self._position(job) if job is not None and job.state == "queued" else None
+
+    def origin(self, job_id: str) -> dict[str, Any]:
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                return dict(job.origin)
+        row = self.journal.get(job_id)
+        return json.loads(row["origin"]) if row is not None else {}
+
+    def overview(self, limit: int = 20) -> dict[str, Any]:
+        """A summary for `/reasam/status` without a job id; lists are capped to fit a datagram."""
+        with self._cond:
+            running = [job.job_id for job in self._running.values()]
+            queued = sorted(
+                (j for j in self._jobs.values() if j.state == "queued"), key=lambda j: (j.priority, j.seq)
+            )
+            queue = [j.job_id for j in queued[:limit]]
+            devices = sorted(set(self._heaps) | set(self._running))
+        return {
+            "version": __version__,
+            "running": running,
+            "queued": len(queued),
+            "queue": queue,
+            "queue_limit": self.queue_limit,
+            "devices": devices,
+            "jobs": self.journal.counts(),
+            "cache": self.cache.summary() if self.cache is not None else None,
+        }
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._running and self._queued == 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued or running (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._running or self._queued:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        return True
+
+    def shutdown(self, grace: float = 5.0) -> list[str]:
+        """Stop taking jobs; let a running job finish within `grace` seconds, else interrupt it at
+        its next chunk and leave it journaled as queued for the next start. Queued jobs stay in
+        the journal. Returns the ids of jobs left for the next start."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            deadline = time.monotonic() + max(0.0, grace)
+            while self._running and time.monotonic() < deadline:
+                self._cond.wait(min(0.2, max(0.01, deadline - time.monotonic())))
+            if self._running:
+                log.info(
+                    "stopping: interrupting %s; it runs again at the next start",
+                    ", ".join(self._running_ids()),
+                )
+                self._interrupt = True
+                deadline = time.monotonic() + INTERRUPT_WAIT
+                while self._running and time.monotonic() < deadline:
+                    self._cond.wait(0.2)
+            left = [j.job_id for j in self._jobs.values()]
+        for thread in list(self._workers.values()):
+            thread.join(timeout=1.0)
+        with contextlib.suppress(Exception):
+            self.journal.close()
+        if self.cache is not None:
+            self.cache.close()
+        return left
+
+    def _running_ids(self) -> list[str]:
+        return [j.job_id for j in self._running.values()]
+
+    # -- queue internals (call with self._cond held) ------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        job.state = "queued"
+        self._jobs[job.job_id] = job
+        heapq.heappush(self._heaps.setdefault(job.device, []), (int(job.priority), job.seq, job.job_id))
+        self._queued += 1
+        self._cond.notify_all()
+
+    def _position(self, job: Job) -> int:
+        ahead = sum(
+            1
+            for prio, seq, jid in self._heaps.get(job.device, ())
+            if (prio, seq) < (int(job.priority), job.seq)
+            and (other := self._jobs.get(jid)) is not None
+            and other.state == "queued"
+        )
+        return ahead + (1 if job.device in self._running else 0)
+
+    def _ensure_worker(self, device: str) -> None:
+        thread = self._workers.get(device)
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(
+                target=self._work, args=(device,), name=f"reasam-worker-{device}", daemon=True
+            )
+            self._workers[device] = thread
+            thread.start()
+
+    def _next(self, device: str) -> Job | None:
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                heap = self._heaps.get(device, [])
+                while heap:
+                    _, _, job_id = heapq.heappop(heap)
+                    job = self._jobs.get(job_id)
+                    if job is not None and job.state == "queued":
+                        self._queued -= 1
+                        job.state = "running"
+                        self._running[device] = job
+                        return job
+                self._cond.wait(1.0)
+
+    def _work(self, device: str) -> None:
+        while True:
+            job = self._next(device)
+            if job is None:
+                return
+            try:
+                self._run(job)
+            except Exception:  # the worker must survive anything one job does
+                log.exception("job %s: unexpected failure in the worker", job.job_id)
+            finally:
+                with self._cond:
+                    self._running.pop(device, None)
+                    self._cond.notify_all()
+            if self._after_job is not None:
+                try:
+                    self._after_job()
+                except Exception:
+                    log.exception("after-job hook failed")
+
+    # -- running a job ---------------------------------------------------------------------
+
+    def _cancelled(self, job: Job) -> Callable[[], bool]:
+        return lambda: job.cancel_requested or self._interrupt
+
+    def _progress(self, job: Job) -> Callable[[float, str], None]:
+        def report(fraction: float, stage: str) -> None:
+            changed = stage != job.stage
+            job.fraction = max(job.fraction, min(1.0, float(fraction)))
+            job.stage = stage
+            now = time.monotonic()
+            if now - job.last_write >= PROGRESS_INTERVAL:
+                # The file at most every PROGRESS_INTERVAL and without fsync: each write costs
+                # milliseconds, and a short job would otherwise spend more on its status file
+                # than on its audio. Messages are cheap: every stage change is sent.
+                job.last_write = now
+                self._write_status(job, durable=False)
+                self._emit("progress", job)
+            elif changed:
+                self._emit("progress", job)
+
+        return report
+
+    def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        job.timing = {"wait": round(time.time() - job.created, 4), "run": None, "pipeline": None}
+        job.attempts += 1
+        job.stage, job.fraction, job.message = "starting", 0.0, ""
+        self.journal.update(job.job_id, state="running", stage="starting", message="", attempts=job.attempts)
+        job.last_write = time.monotonic()
+        self._write_status(job, durable=False)  # the journal is the durable record of "running"
+        self._emit("progress", job)
+        log.info("job %s running (attempt %d)", job.job_id, job.attempts)
+        try:
+            result = None
+            key = None
+            if self.cache is not None:
+                key, result = self._from_cache(job)
+            if result is None:
+                if job.attempts > 1:
+                    clear_outputs(job.job_dir)
+                began = time.monotonic()
+                result = self._runner(
+                    job.request,
+                    job.job_dir,
+                    job.job_id,
+                    progress=self._progress(job),
+                    cancelled=self._cancelled(job),
+                )
+                job.timing["pipeline"] = round(time.monotonic() - began, 4)
+                if self.cache is not None and key is not None:
+                    self.cache.store(key, result)  # kept even if cancelled below: a retry is free
+            if job.cancel_requested:
+                # Asked to stop after its last chunk had begun (a one-chunk job cannot stop
+                # sooner): the caller does not want the result, so it is discarded.
+                raise JobCancelled(job.job_id)
+            job.manifest_path = str(result.manifest_path)
+            job.timing["run"] = round(time.monotonic() - started, 4)
+            self._finish(job, "done", stage="done", fraction=1.0)
+            log.info(
+                "job %s done in %.3f s%s",
+                job.job_id,
+                time.monotonic() - started,
+                " (cache)" if job.cached else "",
+            )
+        except JobCancelled:
+            if job.cancel_requested:
+                clear_outputs(job.job_dir)
+                self._finish(job, "cancelled", stage="cancelled", message="cancelled")
+                log.info("job %s cancelled", job.job_id)
+            else:
+                self._requeue_for_restart(job)
+        except ReasamError as exc:
+            self._finish(job, "error", stage="error", message=exc.message, code=exc.code)
+            log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
+        except MemoryError:
+            self._finish(job, "error", stage="error", message="out of memory", code="out_of_memory")
+            log.error("job %s ran out of memory", job.job_id)
+        except Exception as exc:
+            log.exception("job %s: internal error", job.job_id)
+            message = f"{type(exc).__name__}: {exc}"
+            self._finish(job, "error", stage="error", message=message, code="internal")
+
+    def _from_cache(self, job: Job) -> tuple[str | None, Any]:
+        """(key, result of a hit or None). A broken cache costs only the cache, never the job;
+        a ReasamError (unreadable source, region past the end) is the job's own and propagates."""
+        assert self.cache is not None
+        try:
+            key = self.cache.key(job.request)
+            result = self.cache.fetch(key, job.request, job.job_id, job.job_dir, self._cancelled(job))
+        except (ReasamError, JobCancelled):
+            raise
+        except Exception:
+            log.exception("job %s: result cache failed; running without it", job.job_id)
+            return None, None
+        if result is not None:
+            job.cached = True
+        return key, result
+
+    def _requeue_for_restart(self, job: Job) -> None:
+        """A job interrupted by a stopping daemon: journaled as queued, it runs at the next start."""
+        clear_outputs(job.job_dir)
+        job.state, job.stage, job.fraction = "queued", "queued", 0.0
+        job.message = "interrupted by the daemon stopping; runs again at the next start"
+        self.journal.update(job.job_id, state="queued", stage="queued", message=job.message)
+        self._write_status(job)
+        log.info("job %s interrupted; journaled for the next start", job.job_id)
+
+    def _finish(
+        self,
+        job: Job,
+        state: str,
+        stage: str,
+        fraction: float | None = None,
+        message: str = "",
+        code: str | None = None,
+    ) -> None:
+        """Journal first, then status.json, then the event: whoever hears of it can rely on it."""
+        job.state, job.stage, job.message, job.code = state, stage, message, code
+        if fraction is not None:
+            job.fraction = fraction
+        self.journal.update(
+            job.job_id,
+            state=state,
+            stage=stage,
+            message=message,
+            code=code,
+            manifest=job.manifest_path,
+            cached=int(job.cached),
+        )
+        with self._cond:
+            self._jobs.pop(job.job_id, None)
+        self._write_status(job)
+        self._emit(state, job)
+
+    def _write_status(self, job: Job, durable: bool = True) -> bool:
+        """Rewrite status.json atomically (temporary file + rename). `durable` adds an fsync,
+        for the final states (done, error, cancelled); the others are recorded durably in the
+        journal, and the file is rewritten from it at the next start."""
+        final = job.job_dir / "status.json"
+        temp = audio.temp_name(final)
+        try:
+            with open(temp, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(job.status(), indent=1) + "\n")
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(temp, final)
+            return True
+        except OSError as exc:
+            log.warning("job %s: cannot write status.json (%s)", job.job_id, exc)
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The result cache
+
+CACHE_FORMAT = 1
+# Audio around the region that can change the engine's output at its edges (the pipeline reads
+# 0.5 s of context); hashing a little more only makes the key more specific.
+_HASH_CONTEXT_SECONDS = 1.0
+_HASH_BLOCK = 1 << 18
+
+
+class ResultCache:
+    """Finished stems by content: the same audio, prompt and settings give the same files.
+
+    The key hashes the decoded samples of the region (with context; the whole file when spans
+    are given, since span engines learn from audio anywhere in it), the region and spans, the
+    engine's canonical prompt, engine, model, quality, output options and ReaSAM's version. So a
+    renamed or copied file still hits, and a new version or model never serves stale stems.
+
+    Entries are linked (or copied, across file systems) from the job that produced them. A hit
+    *copies* the stored stems into the new job's folder, so every job owns its files and an
+    edit to one never reaches another. Each entry records its files' size and mtime; a stored
+    file changed in place (through a hard link with the original job) invalidates the entry.
+    Least recently used entries are evicted beyond the size limit.
+    """
+
+    def __init__(self, folder: Path, limit_bytes: int) -> None:
+        self.folder = folder
+        self.limit = limit_bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(folder / "index.sqlite3"), check_same_thread=False, isolation_level=None, timeout=10
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+            " created REAL NOT NULL, last_used REAL NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS digests"
+            " (ident TEXT PRIMARY KEY, digest TEXT NOT NULL, used REAL NOT NULL)"
+        )
+        self.hits = 0
+        self.misses = 0
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def key(self, request: Request) -> str:
+        """The cache key of a request (reads the region's audio; memoized by file identity)."""
+        from . import engines, pipeline
+
+        info = audio.probe(request.source)
+        first, last = pipeline.resolve_region(request, info)
+        rate = info.sample_rate
+        if request.spans:
+            lo, hi = 0, info.frames
+        else:
+            pad = round(_HASH_CONTEXT_SECONDS * rate)
+            lo, hi = max(0, first - pad), min(info.frames, last + pad)
+        digest = self._audio_digest(info, lo, hi)
+        engine = engines.choose(request.engine, request.prompt, request.spans)
+        caps = engine.capabilities
+        options = {k: v for k, v in encode_request(request).items() if k not in ("source", "spans", "region")}
+        options["prompt"] = engine.canonical_prompt(request.prompt) if request.prompt else ""
+        options["engine"] = caps.name
+        options["bit_depth"] = request.output.resolved_bit_depth
+        blob = {
+            "format": CACHE_FORMAT,
+            "version": __version__,
+            "audio": digest,
+            "rate": rate,
+            "channels": info.channels,
+            "frames": [first, last, lo, hi],
+            "spans": [[s.sign, s.start, s.end] for s in request.spans],
+            "model": caps.model or caps.name,
+            "options": options,
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+    def _audio_digest(self, info: audio.AudioInfo, lo: int, hi: int) -> str:
+        st = info.path.stat()
+        ident = f"{info.path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{lo}|{hi}"
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM digests WHERE ident = ?", (ident,)).fetchone()
+            if row is not None:
+                self._db.execute("UPDATE digests SET used = ? WHERE ident = ?", (time.time(), ident))
+                return row[0]
+        h = hashlib.sha256()
+        with audio.SourceReader(info, lo, hi) as reader:
+            pos = lo
+            while pos < hi:
+                n = min(_HASH_BLOCK, hi - pos)
+                h.update(reader.read(pos, n).tobytes())
+                pos += n
+        digest = h.hexdigest()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO digests (ident, digest, used) VALUES (?, ?, ?)",
+                (ident, digest, time.time()),
+            )
+            # The memo is small; keep it bounded anyway.
+            self._db.execute(
+                "DELETE FROM digests WHERE ident NOT IN"
+                " (SELECT ident FROM digests ORDER BY used DESC LIMIT 10000)"
+            )
+        return digest
+
+    def _entry_dir(self, key: str) -> Path:
+        return self.folder / key[:2] / key
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def fetch(
+        self, key: str, request: Request, job_id: str, job_dir: Path, cancelled: Callable[[], bool]
+    ) -> Any | None:
+        """Materialize a hit into `job_dir` (stems copied, a manifest of its own); None on a miss."""
+        from .pipeline import Result, Stem, slug
+
+        started = time.monotonic()
+        with self._lock:
+            row = self._db.execute("SELECT key FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            entry_dir = self._entry_dir(key)
+            try:
+                entry = json.loads((entry_dir / "entry.json").read_text(encoding="utf-8"))
+                for stem in entry["stems"]:
+                    st = (entry_dir / stem["file"]).stat()
+                    if st.st_size != stem["size"] or st.st_mtime_ns != stem["mtime_ns"]:
+                        raise ValueError(f"{stem['file']} changed since it was cached")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.info("cache: dropping entry %s (%s)", key[:12], exc)
+                self._drop(key)
+                self.misses += 1
+                return None
+            self._db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (time.time(), key))
+            self.hits += 1
+        if cancelled():
+            raise JobCancelled(job_id)
+        fmt = request.output.format
+        name = slug(request.target_name)
+        names = {"target": f"{name}.{fmt}", "residual": f"{name}-residual.{fmt}"}
+        job_dir.mkdir(parents=True, exist_ok=True)
+        stems: list[Stem] = []
+        published: list[Path] = []
+        try:
+            for stored in entry["stems"]:
+                role = stored["role"]
+                final = job_dir / names[role]
+                temp = audio.temp_name(final)
+                try:
+                    shutil.copyfile(entry_dir / stored["file"], temp)
+                    audio.publish(temp, final)
+                finally:
+                    temp.unlink(missing_ok=True)
+                published.append(final)
+                stems.append(
+                    Stem(
+                        request.target_name if role == "target" else f"{request.target_name} residual",
+                        role,
+                        final.resolve(),
+                        stored["channels"],
+                        stored["frames"],
+                        stored["region_start"],
+                        stored["region_end"],
+                        stored.get("post") or {},
+                    )
+                )
+            manifest = dict(entry["manifest"])
+            manifest.update(
+                job_id=job_id,
+                request=request.as_dict(),
+                stems=[s.as_dict() for s in stems],
+                seconds=round(time.monotonic() - started, 3),
+                cached=True,
+                cache_key=key,
+            )
+            manifest_path = job_dir / "manifest.json"
+            audio.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        except BaseException:
+            for path in published:
+                path.unlink(missing_ok=True)
+            raise
+        return Result(job_id, manifest_path.resolve(), stems, manifest)
+
+    def store(self, key: str, result: Any) -> None:
+        """Keep a finished job's stems (hard links where possible); failures only cost the entry."""
+        try:
+            self._store(key, result)
+        except Exception as exc:
+            log.warning("cache: could not store %s (%s)", key[:12], exc)
+
+    def _store(self, key: str, result: Any) -> None:
+        entry_dir = self._entry_dir(key)
+        temp_dir = entry_dir.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.partial")
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        temp_dir.mkdir(parents=True)
+        try:
+            stems = []
+            size = 0
+            for i, stem in enumerate(result.stems):
+                file = f"{i}-{stem.role}{Path(stem.path).suffix}"
+                dest = temp_dir / file
+                try:
+                    os.link(stem.path, dest)
+                except OSError:
+                    shutil.copyfile(stem.path, dest)
+                st = dest.stat()
+                size += st.st_size
+                stems.append(
+                    {
+                        "file": file,
+                        "role": stem.role,
+                        "channels": stem.channels,
+                        "frames": stem.frames,
+                        "region_start": stem.region_start,
+                        "region_end": stem.region_end,
+                        "post": stem.post,
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                    }
+                )
+            if size > self.limit:
+                log.info("cache: result of %d bytes is larger than the whole cache; not kept", size)
+                return
+            manifest = {k: v for k, v in result.manifest.items() if k not in ("job_id", "request", "stems")}
+            (temp_dir / "entry.json").write_text(
+                json.dumps({"stems": stems, "manifest": manifest}), encoding="utf-8"
+            )
+            with self._lock:
+                if entry_dir.exists():
+                    return  # another job stored the same key first
+                os.rename(temp_dir, entry_dir)
+                now = time.time()
+                self._db.execute(
+                    "INSERT OR REPLACE INTO entries (key, size, created, last_used) VALUES (?, ?, ?, ?)",
+                    (key, size, now, now),
+                )
+                self._evict()
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def _evict(self) -> None:
+        total = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+        if total <= self.limit:
+            return
+        for key, size in self._db.execute("SELECT key, size FROM entries ORDER BY last_used ASC").fetchall():
+            if total <= self.limit:
+                break
+            self._drop(key)
+            total -= size
+            log.info("cache: evicted %s (%d bytes)", key[:12], size)
+
+    def _drop(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            shutil.rmtree(self._entry_dir(key), ignore_errors=True)
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            count, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
+        return {
+            "entries": count,
+            "bytes": total,
+            "limit": self.limit,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def stored_keys(self) -> list[str]:
+        with self._lock:
+            return [
+                row[0] for row in self._db.execute("SELECT key FROM entries ORDER BY last_used").fetchall()
+            ]
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            self._db.close()

@@ -1,0 +1,1326 @@
+"""The OSC front door: `reasam serve` (UDP server) and its clients (`send`, `status`, `cancel`, `ping`).
+
+The contract is ../shared/docs/protocol.md, version 1. This module turns datagrams into
+requests for the job manager (jobs.py) and job events into replies; it knows nothing of audio.
+
+Why our own socket loop instead of python-osc's server: python-osc 1.10 spins forever at 100 %
+CPU on a bundle whose element size is negative, and it sleeps until a bundle's future time tag
+before dispatching. So every datagram's framing is checked here first (`split_packet`), bundles
+are unpacked here and dispatched at once, and only well-framed messages reach python-osc's
+message parser and dispatcher. Input never kills the daemon: anything malformed is answered with
+`/reasam/error` when a job id can be read, else dropped with a (rate-limited) log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import logging
+import logging.handlers
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from . import __version__, config
+from .errors import USAGE_CODES, ReasamError
+
+log = logging.getLogger("reasam.osc")
+
+MAX_DATAGRAM = 65535
+MAX_BUNDLE_DEPTH = 4
+MAX_MESSAGES_PER_PACKET = 64
+MAX_PATH_CHARS = 4096
+MAX_VALUE_CHARS = 4096
+MAX_MESSAGE_CHARS = 1000  # error messages are cut here so a reply always fits a datagram
+MAX_READABLE_JOB_ID = 256  # a longer "job id" is not echoed back: it is treated as unreadable
+SEPARATE_KEYS = ("region", "span", "quality", "engine", "out", "format", "reply_port", "token")
+# Addition to protocol v1: ping/status/cancel also take `reply_port`, so one-shot senders such
+# as oscsend can have the answer delivered to a listener (oscdump).
+CONTROL_KEYS = ("token", "reply_port")
+_PATTERN_CHARS = set("*?[]{}!,#")
+# Type tags python-osc parses correctly; others (c, S, I, arrays) it skips or misreads.
+_FIXED_SIZES = {"i": 4, "f": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8, "T": 0, "F": 0, "N": 0}
+_BUNDLE = b"#bundle\x00"
+
+# `reasam send` and friends: exit codes beyond the CLI's 0 / 1 / 2.
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_CANCELLED = 0, 1, 2, 3, 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing
+
+
+class FramingError(ValueError):
+    """A datagram that is not well-formed OSC 1.0 (or uses types we do not take)."""
+
+
+def _string_end(data: bytes, start: int) -> int:
+    nul = data.find(b"\x00", start)
+    if nul < 0:
+        raise FramingError("unterminated string")
+    end = (nul + 4) & ~3  # the NUL plus 0-3 pad bytes, to a multiple of 4
+    if end > len(data):
+        raise FramingError("string padding runs past the end")
+    if data[nul:end].strip(b"\x00"):
+        raise FramingError("string padding is not NUL")
+    return end
+
+
+def check_message(data: bytes) -> None:
+    """Raise FramingError unless `data` is one complete, well-padded OSC message."""
+    if len(data) < 4 or len(data) % 4 or data[:1] != b"/":
+        raise FramingError("not an OSC message")
+    pos = _string_end(data, 0)
+    address = data[: data.index(b"\x00")]
+    if any(b < 0x21 or b > 0x7E for b in address):
+        raise FramingError("address has non-printable characters")
+    if pos == len(data):
+        return
+    if data[pos : pos + 1] != b",":
+        raise FramingError("type tag string must start with ','")
+    tags_end = _string_end(data, pos)
+    tags = data[pos + 1 : data.index(b"\x00", pos)].decode("ascii", "replace")
+    pos = tags_end
+    for tag in tags:
+        if tag in _FIXED_SIZES:
+            pos += _FIXED_SIZES[tag]
+        elif tag == "s":
+            pos = _string_end(data, pos)
+        elif tag == "b":
+            if pos + 4 > len(data):
+                raise FramingError("blob size runs past the end")
+            (size,) = struct.unpack(">i", data[pos : pos + 4])
+            if size < 0:
+                raise FramingError("negative blob size")
+            pos += 4 + ((size + 3) & ~3)
+        else:
+            raise FramingError(f"unsupported type tag {tag!r}")
+        if pos > len(data):
+            raise FramingError("arguments run past the end")
+    if pos != len(data):
+        raise FramingError("bytes after the last argument")
+
+
+def split_packet(data: bytes, depth: int = 0) -> list[bytes]:
+    """The messages of a datagram (bundles unpacked, time tags ignored), framing checked.
+
+    Every size is checked before it is used: a negative, unaligned or overlong bundle element
+    is a FramingError here instead of an endless loop in python-osc.
+    """
+    if len(data) > MAX_DATAGRAM:
+        raise FramingError("datagram too large")
+    if len(data) % 4:
+        raise FramingError("length is not a multiple of 4")
+    if data.startswith(_BUNDLE):
+        if depth >= MAX_BUNDLE_DEPTH:
+            raise FramingError("bundles nested too deep")
+        if len(data) < 16:
+            raise FramingError("bundle without a time tag")
+        messages: list[bytes] = []
+        pos = 16
+        while pos < len(data):
+            if pos + 4 > len(data):
+                raise FramingError("truncated bundle element size")
+            (size,) = struct.unpack(">i", data[pos : pos + 4])
+            pos += 4
+            if size <= 0 or size % 4 or pos + size > len(data):
+                raise FramingError(f"bad bundle element size {size}")
+            messages.extend(split_packet(data[pos : pos + size], depth + 1))
+            if len(messages) > MAX_MESSAGES_PER_PACKET:
+                raise FramingError("too many messages in one bundle")
+            pos += size
+        return messages
+    check_message(data)
+    return [data]
+
+
+def parse(data: bytes) -> list[tuple[str, list[Any]]]:
+    """(address, arguments) of each message in a datagram; FramingError if malformed."""
+    out = []
+    for raw in split_packet(data):
+        try:
+            message = OscMessage(raw)
+        except Exception as exc:  # python-osc raises several types (ParseError, UnicodeDecodeError)
+            raise FramingError(f"unparsable message ({type(exc).__name__})") from None
+        out.append((message.address, list(message.params)))
+    return out
+
+
+def encode(address: str, *args: Any) -> bytes:
+    """One OSC message; str → s, bool is refused, int → i, float → f."""
+    builder = OscMessageBuilder(address=address)
+    for arg in args:
+        if isinstance(arg, bool):
+            raise TypeError("bool is not an OSC argument here")
+        if isinstance(arg, str):
+            builder.add_arg(arg, "s")
+        elif isinstance(arg, int):
+            builder.add_arg(arg, "i")
+        elif isinstance(arg, float):
+            builder.add_arg(arg, "f")
+        else:
+            raise TypeError(f"cannot encode {type(arg).__name__}")
+    return builder.build().dgram
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _readable_job_id(value: Any) -> str | None:
+    """A job id we can echo in an error reply (not necessarily a valid one)."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_READABLE_JOB_ID and value.isprintable():
+        return value
+    return None
+
+
+def _port(value: Any) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value) if not isinstance(value, int) else value
+        port = int(number)
+        if port != number or not 1 <= port <= 65535:
+            raise ValueError
+        return port
+    except (TypeError, ValueError):
+        raise ReasamError("bad_request", f"reply_port must be a port number 1-65535, got {value!r}") from None
+
+
+def _scan(pairs: Sequence[Any]) -> tuple[str | None, int | None]:
+    """Token and reply_port found in key/value pairs, leniently (before strict validation), so an
+    unauthorized or malformed request can still be answered where the client listens."""
+    token = port = None
+    # Every position, not only even ones: a request with one stray argument is still recognised
+    # as authorized, so it gets its precise bad_request instead of "unauthorized".
+    for i in range(len(pairs) - 1):
+        key, value = pairs[i], pairs[i + 1]
+        if key == "token" and isinstance(value, str):
+            token = value
+        elif key == "reply_port":
+            with contextlib.suppress(ReasamError):
+                port = _port(value)
+    return token, port
+
+
+def _pairs(
+    pairs: Sequence[Any], allowed: Sequence[str], repeatable: Sequence[str] = ()
+) -> list[tuple[str, Any]]:
+    """Strict key/value pairs: string keys from `allowed`, string/int/float values, no repeats."""
+    if len(pairs) % 2:
+        raise ReasamError("bad_request", "keys and values must come in pairs (odd number of arguments)")
+    out: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for i in range(0, len(pairs), 2):
+        key, value = pairs[i], pairs[i + 1]
+        if not isinstance(key, str):
+            raise ReasamError(
+                "bad_request", f"argument {i + 1} must be a key (string), got {type(key).__name__}"
+            )
+        if key not in allowed:
+            shown = key if len(key) <= 40 else key[:40] + "…"
+            raise ReasamError("bad_request", f"unknown key {shown!r}; keys: {', '.join(allowed)}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ReasamError("bad_request", f"{key}: value must be a string, int or float")
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            raise ReasamError("bad_request", f"{key}: value longer than {MAX_VALUE_CHARS} characters")
+        if key in seen and key not in repeatable:
+            raise ReasamError("bad_request", f"{key} given twice")
+        seen.add(key)
+        out.append((key, value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The model manager link (models.py and engines/sam.py belong to the SAM engine: keep this thin)
+
+
+class ModelBridge:
+    """Keep-alive, preload and the ping's device/model_state, through `reasam.models` if present.
+
+    Assumed of `reasam.models` (every use guarded, so the daemon works without it): a
+    `ModelManager(SamSettings)` with `release_idle()`, `state()` (dict) and `state_line()`;
+    `SamSettings.from_env()` with a `keep_alive_minutes` field; and `set_default_manager()`,
+    which must run before the SAM engine is first created (it captures the default manager), so
+    `configure()` is called before the daemon accepts requests. Without the module, the embedded
+    engines' state is reported.
+    """
+
+    def __init__(self, keep_alive: float) -> None:
+        self.keep_alive = keep_alive
+        self.manager: Any = None
+        self.loading = False
+        self._engine_names: list[str] | None = None
+
+    def configure(self) -> None:
+        """Give the SAM model manager the daemon's keep-alive (config file / env / flag)."""
+        try:
+            from . import models
+        except ImportError:
+            return
+        except Exception:
+            log.exception("reasam.models failed to import; SAM keep-alive not configured")
+            return
+        try:
+            import dataclasses
+
+            sam_settings = dataclasses.replace(
+                models.SamSettings.from_env(), keep_alive_minutes=self.keep_alive
+            )
+            self.manager = models.ModelManager(sam_settings)
+            models.set_default_manager(self.manager)
+        except Exception as exc:
+            log.warning("SAM model manager not configured (%s); using its defaults", exc)
+            with contextlib.suppress(Exception):
+                self.manager = models.default_manager()
+
+    def tick(self) -> None:
+        """Between jobs and when idle: unload a model idle for longer than the keep-alive."""
+        if self.manager is not None:
+            try:
+                self.manager.release_idle()
+            except Exception:
+                log.exception("release_idle failed")
+
+    def warm(self, preload_engine: str | None) -> None:
+        """Import engine code (and, if asked, load a model) off the request path."""
+        from . import engines
+
+        self.loading = preload_engine is not None
+        try:
+            self._engine_names = self._usable(engines)
+            if preload_engine is not None:
+                names = self._engine_names
+                name = preload_engine if preload_engine != "auto" else (names[0] if names else None)
+                if name is not None:
+                    started = time.monotonic()
+                    if self._preload(engines.get(name)):
+                        log.info("preloaded %s in %.2f s", name, time.monotonic() - started)
+                    else:
+                        log.info("engine %s has no preload hook; it loads on first use", name)
+        except Exception:
+            log.exception("preloading failed; models load on first use")
+        finally:
+            self.loading = False
+
+    @staticmethod
+    def _usable(engines: Any) -> list[str]:
+        names = []
+        for name in engines.names():
+            try:
+                if engines.get(name).unavailable_reason() is None:
+                    names.append(name)
+            except Exception as exc:
+                log.info("engine %s not usable: %s", name, exc)
+        return names
+
+    @staticmethod
+    def _preload(engine: Any) -> bool:
+        """Load an engine's weights now; False if it offers no way to (the Engine interface has
+        no warm-up method, so the known hooks are tried: SAM's manager, spleeter's loader)."""
+        manager = getattr(engine, "manager", None)
+        if manager is not None and callable(getattr(manager, "acquire", None)):
+            manager.acquire().release()  # SAM: load, then let keep-alive decide
+            return True
+        for hook in ("warm", "load", "loaded", "model"):
+            if callable(getattr(engine, hook, None)):
+                getattr(engine, hook)()
+                return True
+        return False
+
+    def engine_names(self) -> list[str]:
+        if self._engine_names is None:
+            from . import engines
+
+            self._engine_names = self._usable(engines)
+        return list(self._engine_names)
+
+    def state(self) -> tuple[str, str]:
+        """(device, model_state) for the pong: the devices of usable engines, and per engine
+        whether its model is loaded ("sam <state_line>; spleeter loaded; dsp ready")."""
+        from . import engines
+
+        devices: list[str] = []
+        parts: list[str] = []
+        for name in self.engine_names():
+            engine = engines.get(name)
+            device = str(engine.capabilities.device)
+            manager = getattr(engine, "manager", None)
+            if manager is not None and callable(getattr(manager, "state_line", None)):
+                with contextlib.suppress(Exception):
+                    device = str(manager.state().get("device") or device)
+                try:
+                    parts.append(f"{name} {manager.state_line()}")
+                except Exception as exc:
+                    parts.append(f"{name} unknown ({exc})")
+            elif hasattr(engine, "_model"):
+                parts.append(f"{name} {'loaded' if engine._model is not None else 'not loaded'}")
+            else:
+                parts.append(f"{name} ready")
+            if device not in devices:
+                devices.append(device)
+        if self.loading:
+            parts.append("preloading")
+        return ",".join(devices) or "cpu", "; ".join(parts)[:1000] or "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+Address = tuple[str, int]
+
+
+class Server:
+    """Reads datagrams, checks them, dispatches them through python-osc's Dispatcher, replies."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        settings: config.Settings,
+        manager: Any,
+        token: str | None,
+        bridge: ModelBridge,
+    ) -> None:
+        self.sock = sock
+        self.settings = settings
+        self.manager = manager
+        self.token = token
+        self.bridge = bridge
+        self.stop_event = threading.Event()
+        self.started = time.time()
+        self.received = 0
+        self.dropped = 0
+        self._drop_window = (0.0, 0)
+        self._watchers: dict[str, set[Address]] = {}
+        self._watch_lock = threading.Lock()
+        self.dispatcher = Dispatcher()
+        self.dispatcher.map("/reasam/separate", self._on_separate, needs_reply_address=True)
+        self.dispatcher.map("/reasam/cancel", self._on_cancel, needs_reply_address=True)
+        self.dispatcher.map("/reasam/status", self._on_status, needs_reply_address=True)
+        self.dispatcher.map("/reasam/ping", self._on_ping, needs_reply_address=True)
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        self.sock.settimeout(0.25)
+        last_tick = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                data, addr = self.sock.recvfrom(MAX_DATAGRAM + 1)
+            except TimeoutError:
+                data = None
+            except OSError as exc:
+                if self.stop_event.is_set():
+                    break
+                # e.g. an ICMP port-unreachable from an earlier reply surfacing on Windows.
+                log.debug("recvfrom: %s", exc)
+                data = None
+            if data is not None:
+                self.received += 1
+                try:
+                    self.handle(data, (addr[0], addr[1]))
+                except Exception:  # last line of defence: one bad datagram never stops the loop
+                    log.exception("unexpected error handling a datagram from %s", addr)
+            now = time.monotonic()
+            if now - last_tick >= 1.0:
+                last_tick = now
+                if self.manager.idle():
+                    self.bridge.tick()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def handle(self, data: bytes, addr: Address) -> None:
+        try:
+            messages = parse(data)
+        except FramingError as exc:
+            self._drop(addr, f"malformed datagram ({exc})")
+            return
+        for address, args in messages:
+            if set(address) & _PATTERN_CHARS:
+                self._drop(addr, f"address patterns are not served ({address[:60]!r})")
+                continue
+            handlers = list(self.dispatcher.handlers_for_address(address))
+            if not handlers:
+                self._drop(addr, f"unknown address {address[:60]!r}")
+                continue
+            message = _Message(address, args)
+            for handler in handlers:
+                handler.invoke(addr, message)  # type: ignore[arg-type]
+
+    def _drop(self, addr: Address, reason: str) -> None:
+        """Log a dropped datagram, at most 20 lines a minute (a flood must not flood the log)."""
+        self.dropped += 1
+        start, count = self._drop_window
+        now = time.monotonic()
+        if now - start > 60:
+            if count > 20:
+                log.warning("%d more datagrams dropped in the last minute", count - 20)
+            start, count = now, 0
+        count += 1
+        self._drop_window = (start, count)
+        if count <= 20:
+            log.warning("dropped datagram from %s:%d: %s", addr[0], addr[1], reason)
+
+    # -- replies -------------------------------------------------------------------------------
+
+    def send(self, addr: Address, address: str, *args: Any) -> None:
+        try:
+            self.sock.sendto(encode(address, *args), addr)
+        except OSError as exc:
+            log.debug("reply %s to %s failed: %s", address, addr, exc)
+
+    def _error(self, addr: Address, job_id: str, code: str, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+        self.send(addr, "/reasam/error", job_id, code, message)
+
+    def _reply_state(self, addr: Address, status: dict[str, Any], position: int | None) -> None:
+        """Answer with a job's current state (new job, idempotent retry, cancel of a finished one)."""
+        job_id, state = status["job_id"], status["state"]
+        if state == "queued":
+            self.send(addr, "/reasam/accepted", job_id, int(position or 0))
+        elif state == "running":
+            self.send(addr, "/reasam/accepted", job_id, 0)
+            self.send(addr, "/reasam/progress", job_id, float(status["fraction"]), str(status["stage"]))
+        elif state == "done":
+            self.send(addr, "/reasam/done", job_id, str(status["manifest_path"]))
+        elif state == "error":
+            self._error(addr, job_id, status["code"] or "internal", status["message"])
+        elif state == "cancelled":
+            self.send(addr, "/reasam/cancelled", job_id)
+
+    def _watch(self, job_id: str, addr: Address) -> None:
+        with self._watch_lock:
+            self._watchers.setdefault(job_id, set()).add(addr)
+
+    def _unwatch(self, job_id: str, addr: Address) -> bool:
+        """Stop watching; True if `addr` was still watching (no final event reached it)."""
+        with self._watch_lock:
+            watchers = self._watchers.get(job_id)
+            if watchers is None or addr not in watchers:
+                return False
+            watchers.discard(addr)
+            if not watchers:
+                del self._watchers[job_id]
+            return True
+
+    def on_event(self, event: Any) -> None:
+        """Job events (from worker threads) → replies to the job's origin and any watchers."""
+        targets: set[Address] = set()
+        reply = event.origin.get("reply")
+        if isinstance(reply, list) and len(reply) == 2:
+            targets.add((str(reply[0]), int(reply[1])))
+        final = event.kind in ("done", "error", "cancelled")
+        with self._watch_lock:
+            watchers = (
+                self._watchers.pop(event.job_id, set()) if final else self._watchers.get(event.job_id, set())
+            )
+            targets |= watchers
+        status = event.status
+        for addr in targets:
+            if event.kind == "progress":
+                self.send(
+                    addr, "/reasam/progress", event.job_id, float(status["fraction"]), str(status["stage"])
+                )
+            else:
+                self._reply_state(addr, status, None)
+
+    # -- auth ----------------------------------------------------------------------------------
+
+    def _authorize(self, token: str | None) -> None:
+        if self.token is None:
+            return
+        if token is None:
+            raise ReasamError(
+                "unauthorized", "this request needs the token (key 'token'); see the token file"
+            )
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), self.token.encode()):
+            raise ReasamError("unauthorized", "wrong token")
+
+    def _control(self, client: Address, pairs: Sequence[Any]) -> Address:
+        """Authorize a control message's trailing pairs; returns where to reply."""
+        token, port = _scan(pairs)
+        reply_to = (client[0], port) if port else client
+        try:
+            self._authorize(token)
+            _pairs(pairs, CONTROL_KEYS)
+        except ReasamError as exc:
+            exc.reply_to = reply_to  # type: ignore[attr-defined]
+            raise
+        return reply_to
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def _on_separate(self, client: Address, address: str, *args: Any) -> None:
+        job_id = _readable_job_id(args[0]) if args else None
+        if job_id is None:
+            self._drop(client, "/reasam/separate without a readable job id")
+            return
+        token, port = _scan(args[3:])
+        reply_to = (client[0], port) if port else client
+        try:
+            self._authorize(token)
+            if len(args) < 3:
+                raise ReasamError(
+                    "bad_request", "/reasam/separate takes job_id, path, prompt, then key/value pairs"
+                )
+            request, out_root = self._request(args)
+            from .jobs import Priority
+
+            submitted = self.manager.submit(
+                job_id,
+                request,
+                out_root,
+                Priority.OSC,
+                origin={"reply": list(reply_to)},
+                announce=lambda new: self._reply_state(reply_to, new.status, new.position),
+            )
+            if not submitted.created:  # a retry: answer with the job's current state
+                origin = submitted.origin.get("reply")
+                if not (isinstance(origin, list) and tuple(origin) == reply_to):
+                    self._watch(job_id, reply_to)
+                self._reply_state(reply_to, submitted.status, submitted.position)
+        except ReasamError as exc:
+            self._error(reply_to, job_id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("separate %s failed", job_id)
+            self._error(reply_to, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _request(self, args: Sequence[Any]) -> tuple[Any, Path]:
+        """Build the Request from /reasam/separate's arguments (defaults from the settings)."""
+        from .request import Region, Request, Span
+
+        job_id, path, prompt = args[0], args[1], args[2]
+        from .jobs import JOB_ID_PATTERN, valid_job_id
+
+        if not valid_job_id(job_id):
+            raise ReasamError("bad_request", f"job_id must match {JOB_ID_PATTERN[1:-1]}")
+        if not isinstance(path, str) or not path:
+            raise ReasamError("bad_request", "path must be a non-empty string")
+        if len(path) > MAX_PATH_CHARS:
+            raise ReasamError("bad_request", f"path longer than {MAX_PATH_CHARS} characters")
+        if not isinstance(prompt, str):
+            raise ReasamError("bad_request", "prompt must be a string (may be empty when spans are given)")
+        if len(prompt) > MAX_VALUE_CHARS:
+            raise ReasamError("bad_request", f"prompt longer than {MAX_VALUE_CHARS} characters")
+        source = Path(path)
+        if not source.is_absolute():
+            raise ReasamError("bad_request", f"path must be absolute, got {path!r}")
+        options: dict[str, Any] = {}
+        spans = []
+        for key, value in _pairs(args[3:], SEPARATE_KEYS, repeatable=("span",)):
+            if key == "span":
+                spans.append(Span.parse(str(value)))
+            else:
+                options[key] = value
+        out_root = self.settings.out
+        if "out" in options:
+            out_root = Path(str(options["out"])).expanduser()
+            if not out_root.is_absolute():
+                raise ReasamError("bad_request", f"out must be an absolute path, got {options['out']!r}")
+        from .request import OutputOptions
+
+        request = Request(
+            source=source,
+            prompt=prompt,
+            spans=tuple(spans),
+            region=Region.parse(str(options["region"])) if "region" in options else Region(),
+            quality=str(options.get("quality", self.settings.quality)),
+            engine=str(options.get("engine", self.settings.engine)),
+            output=OutputOptions(format=str(options.get("format", "wav"))),
+        )
+        return request, out_root
+
+    def _on_cancel(self, client: Address, address: str, *args: Any) -> None:
+        job_id = _readable_job_id(args[0]) if args else None
+        if job_id is None:
+            self._drop(client, "/reasam/cancel without a readable job id")
+            return
+        reply_to = client
+        try:
+            reply_to = self._control(client, args[1:])
+            # Watch first: a queued job is cancelled inside manager.cancel, and its event then
+            # reaches the origin and the canceller once each (once, if they are the same).
+            self._watch(job_id, reply_to)
+            try:
+                status = self.manager.cancel(job_id)
+            except BaseException:
+                self._unwatch(job_id, reply_to)
+                raise
+            if status["state"] == "running":  # the watcher hears `cancelled` at the next chunk
+                self.send(reply_to, "/reasam/progress", job_id, float(status["fraction"]), "cancelling")
+            elif self._unwatch(job_id, reply_to):  # no event carried it: the job had already ended
+                self._reply_state(reply_to, status, None)
+        except ReasamError as exc:
+            self._error(getattr(exc, "reply_to", reply_to), job_id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("cancel %s failed", job_id)
+            self._error(reply_to, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _on_status(self, client: Address, address: str, *args: Any) -> None:
+        # `[s:job_id] [pairs…]`: an odd count means a job id comes first.
+        job_id = ""
+        pairs: Sequence[Any] = args
+        if len(args) % 2:
+            readable = _readable_job_id(args[0])
+            if readable is None:
+                self._drop(client, "/reasam/status with an unreadable job id")
+                return
+            job_id, pairs = readable, args[1:]
+        reply_to = client
+        try:
+            reply_to = self._control(client, pairs)
+            if job_id:
+                body = self.manager.status(job_id)
+            else:
+                body = self.manager.overview()
+                device, model_state = self.bridge.state()
+                body.update(
+                    device=device,
+                    model_state=model_state,
+                    uptime=round(time.time() - self.started, 1),
+                    received=self.received,
+                    dropped=self.dropped,
+                )
+            self.send(reply_to, "/reasam/status", json.dumps(body, separators=(",", ":")))
+        except ReasamError as exc:
+            self._error(getattr(exc, "reply_to", reply_to), job_id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("status failed")
+            self._error(reply_to, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _on_ping(self, client: Address, address: str, *args: Any) -> None:
+        reply_to = client
+        try:
+            reply_to = self._control(client, args)
+            device, model_state = self.bridge.state()
+            engines = ",".join(self.bridge.engine_names())
+            self.send(reply_to, "/reasam/pong", __version__, engines, device, model_state)
+        except ReasamError as exc:
+            self._error(getattr(exc, "reply_to", reply_to), "", exc.code, exc.message)
+        except Exception as exc:
+            log.exception("ping failed")
+            self._error(reply_to, "", "internal", f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class _Message:
+    """What python-osc's Handler.invoke needs: an address and iterable params."""
+
+    address: str
+    params: list[Any]
+
+    def __iter__(self) -> Any:
+        return iter(self.params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the daemon
+
+
+def setup_logging(settings: config.Settings) -> Path | None:
+    """Log to stderr and to a rotating file (1 MB × 3) next to the journal."""
+    root = logging.getLogger("reasam")
+    root.setLevel(settings.log_level.upper())
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    path = settings.resolved_log_file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            path, maxBytes=1_000_000, backupCount=3, encoding="utf-8"
+        )
+        rotating.setFormatter(fmt)
+        root.addHandler(rotating)
+        return path
+    except OSError as exc:
+        root.warning("cannot write the log file %s (%s); logging to stderr only", path, exc)
+        return None
+
+
+class _InstanceLock:
+    """One daemon per state folder: two would run every journaled job twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process's life
+        try:
+            if os.name == "posix":
+                import fcntl
+
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:  # pragma: no cover - Windows
+                import msvcrt
+
+                msvcrt.locking(self._fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            raise ReasamError(
+                "busy", f"another reasam daemon is already using {self.path.parent} (stop it first)"
+            ) from None
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ReasamError(
+            "bad_request", f"cannot listen on {host}:{port} ({exc.strerror})", usage=False
+        ) from None
+    return sock
+
+
+def serve(settings: config.Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    from .jobs import JobManager, ResultCache
+
+    settings.check()
+    log_path = setup_logging(settings)
+    lock = _InstanceLock(settings.state_dir / "daemon.lock")
+    lock.acquire()
+    try:
+        token: str | None = None
+        if settings.token:
+            token = config.ensure_token(settings.token_file)
+        else:
+            log.warning("tokens are off (loopback only): any local program can send jobs")
+        sock = _bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        cache = ResultCache(settings.cache_dir, settings.cache_mb << 20) if settings.cache_mb > 0 else None
+        bridge = ModelBridge(settings.keep_alive)
+        bridge.configure()  # before any engine exists: the SAM engine captures the manager
+        manager = JobManager(settings.journal_path, cache, settings.queue_limit, after_job=bridge.tick)
+        server = Server(sock, settings, manager, token, bridge)
+        manager.subscribe(server.on_event)
+        recovered = manager.start()
+        threading.Thread(
+            target=bridge.warm,
+            args=(settings.engine if settings.preload else None,),
+            daemon=True,
+            name="reasam-warm",
+        ).start()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info(
+                "signal %d: stopping (no new requests; the running job finishes or is journaled)", signum
+            )
+            server.stop()
+
+        for name in ("SIGTERM", "SIGINT", "SIGBREAK"):
+            if hasattr(signal, name):
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(getattr(signal, name), on_signal)
+        info = {
+            "pid": os.getpid(),
+            "host": host,
+            "port": port,
+            "version": __version__,
+            "token": settings.token,
+            "token_file": str(settings.token_file) if settings.token else None,
+            "out": str(settings.out),
+            "log_file": str(log_path) if log_path else None,
+            "started": time.time(),
+        }
+        daemon_file = settings.state_dir / "daemon.json"
+        from .audio import write_text
+
+        write_text(daemon_file, json.dumps(info, indent=1) + "\n", replace=True)
+        log.info(
+            "ReaSAM %s listening on udp://%s:%d (token %s; out %s; state %s%s)",
+            __version__,
+            host,
+            port,
+            f"from {settings.token_file}" if token else "off",
+            settings.out,
+            settings.state_dir,
+            f"; {len(recovered)} job(s) recovered" if recovered else "",
+        )
+        if settings.sources:
+            log.info("settings from %s", "; ".join(settings.sources))
+        try:
+            server.serve_forever()
+        finally:
+            left = manager.shutdown(settings.shutdown_grace)
+            sock.close()
+            with contextlib.suppress(OSError):
+                daemon_file.unlink()
+            log.info("stopped%s", f"; {len(left)} job(s) journaled for the next start" if left else "")
+        return EXIT_OK
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# The client (for `reasam send/status/cancel/ping`, scripts and tests)
+
+
+class NoAnswer(Exception):
+    """The daemon did not answer in time."""
+
+
+class Client:
+    """A UDP OSC client with retries. Requests are idempotent, so resending is always safe."""
+
+    def __init__(
+        self, host: str, port: int, token: str | None, retries: int = 6, interval: float = 0.3
+    ) -> None:
+        self.addr = (host, port)
+        self.token = token
+        self.retries = retries
+        self.interval = interval
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind(("::1" if family == socket.AF_INET6 and host == "::1" else "", 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def auth(self) -> list[Any]:
+        return ["token", self.token] if self.token else []
+
+    def send(self, address: str, *args: Any) -> None:
+        self.sock.sendto(encode(address, *args), self.addr)
+
+    def receive(self, timeout: float) -> tuple[str, list[Any]] | None:
+        """The next well-formed message within `timeout` seconds, or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data, _ = self.sock.recvfrom(MAX_DATAGRAM + 1)
+            except TimeoutError:
+                return None
+            except OSError:
+                continue
+            try:
+                messages = parse(data)
+            except FramingError:
+                continue
+            if messages:
+                return messages[0]
+
+    def request(
+        self, address: str, args: Sequence[Any], accept: Callable[[str, list[Any]], bool]
+    ) -> tuple[str, list[Any]]:
+        """Send and wait for a reply `accept` takes, resending with doubling waits."""
+        wait = self.interval
+        for _ in range(self.retries):
+            self.send(address, *args)
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                reply = self.receive(left)
+                if reply is not None and accept(*reply):
+                    return reply
+            wait = min(wait * 2, 5.0)
+        raise NoAnswer(f"no answer from the daemon at {self.addr[0]}:{self.addr[1]}")
+
+    def ping(self) -> dict[str, str]:
+        address, args = self.request(
+            "/reasam/ping",
+            self.auth(),
+            lambda a, x: a == "/reasam/pong" or (a == "/reasam/error" and x[:1] == [""]),
+        )
+        if address == "/reasam/error":
+            raise ReasamError(args[1], args[2])
+        return dict(zip(("version", "engines", "device", "model_state"), args, strict=False))
+
+    def status(self, job_id: str | None = None) -> dict[str, Any]:
+        args = ([job_id] if job_id else []) + self.auth()
+        want = job_id or ""
+
+        def accept(address: str, a: list[Any]) -> bool:
+            if address == "/reasam/error":
+                return a[:1] == [want]
+            if address != "/reasam/status" or not a:
+                return False
+            with contextlib.suppress(ValueError, TypeError):
+                body = json.loads(a[0])
+                return body.get("job_id", "") == want if job_id else "job_id" not in body
+            return False
+
+        address, a = self.request("/reasam/status", args, accept)
+        if address == "/reasam/error":
+            raise ReasamError(a[1], a[2])
+        return json.loads(a[0])
+
+
+_FINAL = {"/reasam/done": "done", "/reasam/error": "error", "/reasam/cancelled": "cancelled"}
+
+
+def _job_reply(job_id: str) -> Callable[[str, list[Any]], bool]:
+    def accept(address: str, args: list[Any]) -> bool:
+        return address.startswith("/reasam/") and args[:1] == [job_id] and address != "/reasam/status"
+
+    return accept
+
+
+def _result(job_id: str, address: str, args: list[Any]) -> tuple[dict[str, Any], int]:
+    """The JSON a client prints for a final reply, and its exit code."""
+    if address == "/reasam/done":
+        out: dict[str, Any] = {"job_id": job_id, "state": "done", "manifest_path": args[1]}
+        with contextlib.suppress(OSError, ValueError):
+            out["manifest"] = json.loads(Path(args[1]).read_text(encoding="utf-8"))
+        return out, EXIT_OK
+    if address == "/reasam/error":
+        code = args[1] if len(args) > 1 else "internal"
+        body = {"job_id": job_id, "state": "error", "code": code, "message": args[2] if len(args) > 2 else ""}
+        return body, EXIT_USAGE if code in USAGE_CODES or code == "unauthorized" else EXIT_RUNTIME
+    return {"job_id": job_id, "state": "cancelled"}, EXIT_CANCELLED
+
+
+def send_job(
+    client: Client,
+    job_id: str,
+    args: Sequence[Any],
+    wait: bool = True,
+    timeout: float = 0.0,
+    poll: float = 5.0,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Submit one /reasam/separate and follow it to the end (or to `accepted` with wait=False).
+
+    UDP can lose any datagram: the request is resent until something for this job comes back,
+    and while waiting for the end the job's status is polled after `poll` seconds of silence,
+    so a lost `done` costs a few seconds, never a hang.
+    """
+    address, reply = client.request("/reasam/separate", [job_id, *args], _job_reply(job_id))
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    position = reply[1] if address == "/reasam/accepted" and len(reply) > 1 else 0
+    while True:
+        if address in _FINAL:
+            return _result(job_id, address, reply)
+        if address == "/reasam/progress" and on_progress is not None and len(reply) >= 3:
+            on_progress(float(reply[1]), str(reply[2]))
+        if not wait:
+            return {"job_id": job_id, "state": "queued", "queue_position": position}, EXIT_OK
+        left = poll if deadline is None else min(poll, deadline - time.monotonic())
+        if left <= 0:
+            return {
+                "job_id": job_id,
+                "state": "timeout",
+                "message": f"no result within {timeout:g} s",
+            }, EXIT_NO_ANSWER
+        got = None
+        end = time.monotonic() + left
+        while (remaining := end - time.monotonic()) > 0:
+            message = client.receive(remaining)
+            if message is None:
+                break
+            if _job_reply(job_id)(*message):
+                got = message
+                break
+        if got is not None:
+            address, reply = got
+            continue
+        # Silence: ask for the job's state (answers lost replies; done/error/cancelled map over).
+        try:
+            status = client.status(job_id)
+        except ReasamError as exc:
+            return _result(job_id, "/reasam/error", [job_id, exc.code, exc.message])
+        state = status.get("state")
+        if state == "done":
+            address, reply = "/reasam/done", [job_id, status.get("manifest_path") or ""]
+        elif state == "error":
+            address, reply = (
+                "/reasam/error",
+                [job_id, status.get("code") or "internal", status.get("message", "")],
+            )
+        elif state == "cancelled":
+            address, reply = "/reasam/cancelled", [job_id]
+        else:
+            address, reply = (
+                "/reasam/progress",
+                [job_id, float(status.get("fraction", 0)), str(status.get("stage"))],
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (registered by cli.py)
+
+
+def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
+    p.add_argument(
+        "--config", type=Path, default=None, help="config file (default: config.toml in the config folder)"
+    )
+    p.add_argument("--host", default=None, help=f"address (default {config.DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=None, help=f"UDP port (default {config.DEFAULT_PORT})")
+    p.add_argument(
+        "--token-file", type=Path, default=None, help="token file (default: <config folder>/token)"
+    )
+    if serve_flags:
+        p.add_argument("--out", type=Path, default=None, help="output root (default ~/ReaSAM)")
+        p.add_argument(
+            "--no-token",
+            action="store_true",
+            help="accept requests without a token (loopback addresses only)",
+        )
+        p.add_argument("--state-dir", type=Path, default=None, help="journal, cache and logs")
+        p.add_argument(
+            "--keep-alive", type=float, default=None, metavar="MIN", help="idle minutes a model stays loaded"
+        )
+        p.add_argument(
+            "--preload", action="store_true", default=None, help="load the default engine's model at start"
+        )
+        p.add_argument(
+            "--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"), help="default engine"
+        )
+        p.add_argument(
+            "--quality", default=None, choices=("fast", "balanced", "best"), help="default quality"
+        )
+        p.add_argument("--queue-limit", type=int, default=None, help="queued jobs before 'busy'")
+        p.add_argument("--cache-mb", type=int, default=None, help="result cache size in MB (0 = off)")
+        p.add_argument("--log-file", type=Path, default=None)
+        p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+        p.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=None,
+            metavar="S",
+            help="on SIGTERM, seconds the running job may take to finish before it is journaled",
+        )
+    else:
+        p.add_argument(
+            "--timeout", type=float, default=0.0, help="give up after this many seconds (0: no limit)"
+        )
+        p.add_argument(
+            "--retries",
+            type=int,
+            default=6,
+            help="UDP sends before giving up (waits double: 0.3 s, 0.6 s, …)",
+        )
+
+
+_CLIENT_SETTINGS = ("host", "port", "token_file")
+
+
+def _load_settings(args: argparse.Namespace, client: bool = False) -> config.Settings:
+    names = _CLIENT_SETTINGS if client else config.setting_names()
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "no_token", False):
+        flags["token"] = False
+    return config.load(flags, config_file=args.config)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    settings = _load_settings(args, client=True)
+    host = (
+        "127.0.0.1"
+        if settings.host in ("0.0.0.0", "")
+        else ("::1" if settings.host == "::" else settings.host)
+    )
+    if settings.port == 0:
+        raise ReasamError("bad_request", "the client needs the daemon's port (--port)")
+    return Client(host, settings.port, config.client_token(settings), retries=max(1, args.retries))
+
+
+def _print(body: dict[str, Any]) -> None:
+    print(json.dumps(body, indent=2))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return serve(_load_settings(args))
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    source = args.input.expanduser().absolute()
+    # Not pipeline.slug: importing the pipeline would cost the client a second of start-up.
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem).strip("-.")[:40] or "job"
+    job_id = args.job_id or f"{stem}-{uuid.uuid4().hex[:8]}"
+    pairs: list[Any] = []
+    for key in ("region", "quality", "engine", "format"):
+        if getattr(args, key) is not None:
+            pairs += [key, getattr(args, key)]
+    if args.out is not None:
+        pairs += ["out", str(args.out.expanduser().absolute())]
+    for span in args.span:
+        pairs += ["span", span]
+    show = sys.stderr.isatty() and not args.quiet
+
+    def progress(fraction: float, stage: str) -> None:
+        if show:
+            sys.stderr.write(f"\r{job_id}: {fraction * 100:5.1f}% {stage:<16}")
+            sys.stderr.flush()
+
+    with _client(args) as client:
+        try:
+            body, code = send_job(
+                client,
+                job_id,
+                [str(source), args.prompt, *pairs, *client.auth()],
+                wait=not args.no_wait,
+                timeout=args.timeout,
+                on_progress=progress,
+            )
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+        except KeyboardInterrupt:
+            with contextlib.suppress(OSError):
+                client.send("/reasam/cancel", job_id, *client.auth())
+            sys.stderr.write(f"\nreasam: interrupted; cancel sent for {job_id}\n")
+            return 130
+        finally:
+            if show:
+                sys.stderr.write("\n")
+    _print(body)
+    return code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            body = client.status(args.job_id)
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+    _print(body)
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    job_id = args.job_id
+    with _client(args) as client:
+        try:
+            address, reply = client.request("/reasam/cancel", [job_id, *client.auth()], _job_reply(job_id))
+            deadline = time.monotonic() + (args.timeout or 60.0)
+            while address not in _FINAL:
+                got = client.receive(max(0.0, deadline - time.monotonic()))
+                if got is None:
+                    _print(
+                        {"job_id": job_id, "state": "running", "message": "cancel requested; not stopped yet"}
+                    )
+                    return EXIT_NO_ANSWER
+                if _job_reply(job_id)(*got):
+                    address, reply = got
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+    body, code = _result(job_id, address, reply)
+    _print(body)
+    return EXIT_OK if code == EXIT_CANCELLED else code
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            started = time.monotonic()
+            body: dict[str, Any] = dict(client.ping())
+            body["round_trip_ms"] = round((time.monotonic() - started) * 1000, 2)
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+    _print(body)
+    return EXIT_OK
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    written, commands = config.install_service(
+        platform=args.platform, dest=args.dest, enable=not args.no_enable, extra_args=args.serve_args
+    )
+    print(written)
+    for cmd in commands:
+        print(f"ran: {' '.join(cmd)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """serve, send, status, cancel, ping, install-service."""
+    p = sub.add_parser("serve", help="run the daemon: OSC over UDP, warm engines, a job queue")
+    _settings_flags(p, serve_flags=True)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "send",
+        help="send one separation to the daemon and wait for the result (prints JSON)",
+        description="Exit codes: 0 done (or accepted with --no-wait), 1 failed, 2 bad request, "
+        "3 no answer, 4 cancelled. A '-' span must be written with '=': --span=-3:4.",
+    )
+    p.add_argument("input", type=Path)
+    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--span", action="append", default=[], metavar="±S:E")
+    p.add_argument("--region", default=None, metavar="S:E")
+    p.add_argument("--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"))
+    p.add_argument("--quality", default=None, choices=("fast", "balanced", "best"))
+    p.add_argument("--format", default=None, choices=("wav", "flac", "mp3"))
+    p.add_argument("--out", type=Path, default=None, help="output root (default: the daemon's)")
+    p.add_argument("--job-id", default=None, help="default: <input name>-<random>")
+    p.add_argument("--no-wait", action="store_true", help="return once the daemon accepted the job")
+    p.add_argument("--quiet", "-q", action="store_true")
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("status", help="the daemon's or one job's status, as JSON")
+    p.add_argument("job_id", nargs="?", default=None)
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("job_id")
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser("ping", help="check the daemon answers; prints version, engines, device, model state")
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_ping)
+
+    p = sub.add_parser(
+        "install-service", help="run the daemon at login (systemd user unit, launchd, Windows)"
+    )
+    p.add_argument(
+        "--platform", default=None, choices=("linux", "macos", "windows"), help="default: this one"
+    )
+    p.add_argument("--dest", type=Path, default=None, help="folder to write the service file into")
+    p.add_argument(
+        "--no-enable",
+        action="store_true",
+        help="only write the file; do not call systemctl/launchctl or start it",
+    )
+    p.add_argument("serve_args", nargs="*", help="extra `reasam serve` arguments (after --)")
+    p.set_defaults(func=_cmd_install_service)

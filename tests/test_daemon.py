@@ -1,0 +1,677 @@
+"""The daemon as a real process: `reasam serve` on a random loopback port, driven over UDP by
+python-osc (our client) and by liblo's oscsend/oscdump (an independent OSC implementation).
+
+One daemon is shared by the tests that do not stop it; the crash, shutdown and limit tests start
+their own. Audio is short generated noise and the `dsp` engine does the work, so the whole file
+runs in well under a minute or two on two cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import soundfile as sf
+from pythonosc.osc_message_builder import OscMessageBuilder
+from reasam.osc import Client, encode, parse
+
+PYTHON = sys.executable
+HAVE_LIBLO = shutil.which("oscsend") is not None and shutil.which("oscdump") is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def write_noise(path: Path, seconds: float, rate: int = 22050, channels: int = 2, seed: int = 0) -> Path:
+    """Noise with clicks: something for HPSS to split, deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    x = rng.standard_normal((n, channels)).astype(np.float32) * 0.05
+    x[:: rate // 4] += 0.8
+    sf.write(path, x, rate, subtype="FLOAT")
+    return path
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """The environment without the user's REASAM_* settings, with config and data under `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REASAM_")}
+    env["XDG_CONFIG_HOME"] = str(home / "config")
+    env["XDG_DATA_HOME"] = str(home / "data")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+_RUNNING: list[subprocess.Popen] = []  # every daemon process started, so none outlives a test
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _reap_daemons() -> Iterator[None]:
+    yield
+    for proc in _RUNNING:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+class Daemon:
+    """A `reasam serve` subprocess with its own state, output and token under `home`."""
+
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.home = home
+        self.state = home / "state"
+        self.out = home / "out"
+        self.token_file = home / "config" / "reasam" / "token"
+        self.extra = list(extra)
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log = home / "daemon.log"
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        cmd = [PYTHON, "-m", "reasam.cli", "serve", "--port", str(self.port), "--out", str(self.out)]
+        cmd += ["--state-dir", str(self.state), *self.extra]
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=clean_env(self.home), stdout=log, stderr=subprocess.STDOUT)
+        _RUNNING.append(self.proc)
+        deadline = time.monotonic() + timeout
+        info = self.state / "daemon.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(info.read_text())
+                if data["pid"] == self.proc.pid:
+                    self.port = data["port"]
+                    return self
+            time.sleep(0.05)
+        raise AssertionError(f"daemon did not start:\n{self.log.read_text()}")
+
+    @property
+    def token(self) -> str | None:
+        return self.token_file.read_text().strip() if self.token_file.exists() else None
+
+    def client(self, token: str | bool | None = True) -> Client:
+        """A python-osc client; token True = the real one, a string = that one, None = none."""
+        use = self.token if token is True else (token or None)
+        return Client("127.0.0.1", self.port, use)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        cmd = [
+            PYTHON,
+            "-m",
+            "reasam.cli",
+            *args,
+            "--port",
+            str(self.port),
+            "--token-file",
+            str(self.token_file),
+        ]
+        return subprocess.run(cmd, env=clean_env(self.home), capture_output=True, text=True, timeout=timeout)
+
+
+def collect(
+    client: Client, until: Callable[[list[tuple[str, list[Any]]]], bool], timeout: float = 30.0
+) -> list:
+    """Replies received until `until(replies)` holds (or fail after `timeout`)."""
+    got: list[tuple[str, list[Any]]] = []
+    deadline = time.monotonic() + timeout
+    while not until(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out; replies so far: {got[-20:]}")
+        reply = client.receive(min(left, 0.5))
+        if reply is not None:
+            got.append(reply)
+    return got
+
+
+def final_for(job_id: str) -> Callable[[list], bool]:
+    finals = ("/reasam/done", "/reasam/error", "/reasam/cancelled")
+    return lambda got: any(a in finals and x[:1] == [job_id] for a, x in got)
+
+
+def separate_args(
+    job_id: str, path: Path, prompt: str = "drums", *pairs: Any, token: str | None
+) -> list[Any]:
+    args: list[Any] = [job_id, str(path), prompt, "engine", "dsp", *pairs]
+    return [*args, "token", token] if token else args
+
+
+def read_status(job_dir: Path) -> dict[str, Any]:
+    return json.loads((job_dir / "status.json").read_text())
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):  # e.g. a status.json not written yet
+            if predicate():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(step)
+
+
+def job_files(job_dir: Path) -> list[str]:
+    return sorted(p.name for p in job_dir.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared daemon
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("daemon")
+
+
+@pytest.fixture(scope="module")
+def daemon(home: Path) -> Iterator[Daemon]:
+    d = Daemon(home / "shared").start()
+    yield d
+    assert d.stop() == 0, d.log.read_text()
+    assert "Traceback" not in d.log.read_text(), d.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def short_wav(home: Path) -> Path:
+    return write_noise(home / "short.wav", 1.0)
+
+
+def test_token_file_is_private_and_required(daemon: Daemon, short_wav: Path) -> None:
+    assert daemon.token_file.stat().st_mode & 0o777 == 0o600
+    for bad in (None, "wrong-token"):
+        with daemon.client(bad) as client:
+            client.send("/reasam/ping", *(["token", bad] if bad else []))
+            _, args = collect(client, lambda got: bool(got), timeout=5)[0]
+            assert args[:2] == ["", "unauthorized"]
+            # A separate without the token is refused and does nothing else.
+            client.send("/reasam/separate", *separate_args("noauth", short_wav, token=bad))
+            address, args = collect(client, final_for("noauth"), timeout=5)[-1]
+            assert (address, args[1]) == ("/reasam/error", "unauthorized")
+    assert not (daemon.out / "noauth").exists()
+    with daemon.client() as client:
+        pong = client.ping()
+    assert pong["version"]
+    assert "dsp" in pong["engines"].split(",")
+    assert pong["device"]
+    assert "dsp" in pong["model_state"]
+
+
+def test_separate_replies_files_and_status_transitions(daemon: Daemon, home: Path) -> None:
+    """accepted → progress → done over OSC; status.json goes queued → running → done and is
+    always complete JSON; manifest.json has the protocol's keys and stems that sum to the mix."""
+    long_wav = write_noise(home / "long.wav", 20.0, seed=1)
+    second = write_noise(home / "second.wav", 3.0, seed=2)
+    seen: list[str] = []
+    with daemon.client() as client:
+        client.send("/reasam/separate", *separate_args("first", long_wav, token=daemon.token))
+        client.send("/reasam/separate", *separate_args("second", second, token=daemon.token))
+        accepted = collect(client, lambda got: sum(a == "/reasam/accepted" for a, _ in got) >= 2, timeout=10)
+        positions = {x[0]: x[1] for a, x in accepted if a == "/reasam/accepted"}
+        assert positions["first"] == 0 and positions["second"] >= 1
+        job_dir = daemon.out / "second"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = read_status(job_dir)["state"]  # must always parse: written atomically
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            if state in ("done", "error", "cancelled"):
+                break
+            time.sleep(0.005)
+        replies = accepted + collect(client, final_for("second"), timeout=30)
+    assert seen[0] == "queued" and seen[-1] == "done" and "running" in seen, seen
+    # "accepted" always comes first, even for a job that starts at once.
+    assert next(a for a, x in replies if x[:1] == ["first"]) == "/reasam/accepted"
+    kinds = [a for a, x in replies if x[:1] == ["second"]]
+    assert kinds[0] == "/reasam/accepted" and kinds[-1] == "/reasam/done"
+    assert "/reasam/progress" in kinds
+    status = read_status(job_dir)
+    assert {"job_id", "state", "fraction", "stage", "message", "code"} <= set(status)
+    assert status["fraction"] == 1.0 and status["code"] is None
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    for key in ("job_id", "request", "engine", "model", "version", "sample_rate", "stems"):
+        assert key in manifest
+    assert [s["role"] for s in manifest["stems"]] == ["target", "residual"]
+    target, residual = (sf.read(s["path"], always_2d=True)[0] for s in manifest["stems"])
+    mix = sf.read(second, always_2d=True)[0]
+    assert np.abs(target + residual - mix).max() < 1e-5
+    for stem in manifest["stems"]:
+        assert Path(stem["path"]).is_absolute() and stem["region_start"] == 0.0
+    assert job_files(job_dir) == ["drums-residual.wav", "drums.wav", "manifest.json", "status.json"]
+
+
+def test_idempotent_retry_and_conflicting_id(daemon: Daemon, short_wav: Path) -> None:
+    with daemon.client() as client:
+        for _ in range(3):
+            client.send("/reasam/separate", *separate_args("same", short_wav, token=daemon.token))
+        collect(client, final_for("same"), timeout=30)
+        # Retrying after the end answers with the current state again, runs nothing.
+        client.send("/reasam/separate", *separate_args("same", short_wav, token=daemon.token))
+        address, args = collect(client, final_for("same"), timeout=5)[-1]
+        assert address == "/reasam/done" and args[1].endswith("same/manifest.json")
+        client.send("/reasam/separate", *separate_args("same", short_wav, "harmonic", token=daemon.token))
+        address, args = collect(client, lambda got: bool(got), timeout=5)[-1]
+        assert (address, args[1]) == ("/reasam/error", "bad_request")
+        assert "different request" in args[2]
+        status = client.status("same")
+    assert status["state"] == "done"
+    assert job_files(daemon.out / "same") == [
+        "drums-residual.wav",
+        "drums.wav",
+        "manifest.json",
+        "status.json",
+    ]
+    assert daemon.log.read_text().count("job same running") == 1
+
+
+def test_cache_hit_returns_own_copies(daemon: Daemon, home: Path) -> None:
+    original = write_noise(home / "cache-src.wav", 4.0, seed=7)
+    renamed = home / "cache-copy.wav"
+    shutil.copyfile(original, renamed)
+    with daemon.client() as client:
+        for job_id, path in (("c1", original), ("c2", original), ("c3", renamed)):
+            client.send("/reasam/separate", *separate_args(job_id, path, token=daemon.token))
+            address, _ = collect(client, final_for(job_id), timeout=30)[-1]
+            assert address == "/reasam/done"
+    manifests = [json.loads((daemon.out / j / "manifest.json").read_text()) for j in ("c1", "c2", "c3")]
+    assert not manifests[0].get("cached")
+    assert manifests[1]["cached"] and manifests[2]["cached"]
+    assert manifests[2]["request"]["source"] == str(renamed)
+    for a, b in zip(manifests[0]["stems"], manifests[1]["stems"], strict=True):
+        assert a["path"] != b["path"] and Path(b["path"]).parent.name == "c2"
+        assert os.stat(a["path"]).st_ino != os.stat(b["path"]).st_ino  # its own file
+        assert Path(a["path"]).read_bytes() == Path(b["path"]).read_bytes()
+        assert (a["frames"], a["region_end"]) == (b["frames"], b["region_end"])
+    log = daemon.log.read_text()
+    assert "job c2 done" in log and "(cache)" in log.split("job c2 done")[1].splitlines()[0]
+
+
+def test_cancel_running_and_queued(daemon: Daemon, home: Path) -> None:
+    long_wav = write_noise(home / "cancel.wav", 40.0, rate=44100, seed=3)
+    with daemon.client() as client:
+        client.send("/reasam/separate", *separate_args("run-x", long_wav, token=daemon.token))
+        client.send("/reasam/separate", *separate_args("queued-x", long_wav, "harmonic", token=daemon.token))
+        collect(client, lambda got: sum(a == "/reasam/accepted" for a, _ in got) >= 2, timeout=10)
+        # Cancel during the first of its two chunks: it stops before the second.
+        wait_for(lambda: read_status(daemon.out / "run-x")["state"] == "running")
+        # The queued one through the CLI client, the running one over OSC.
+        done = daemon.cli("cancel", "queued-x")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == "cancelled"
+        client.send("/reasam/cancel", "run-x", "token", daemon.token)
+        replies = collect(client, final_for("run-x"), timeout=30)
+    assert ("/reasam/cancelled", ["run-x"]) in replies
+    for job_id in ("run-x", "queued-x"):
+        assert job_files(daemon.out / job_id) == ["status.json"]  # no stems, no partial files
+        assert read_status(daemon.out / job_id)["state"] == "cancelled"
+
+
+def test_200_queued_requests_fifo(daemon: Daemon, home: Path) -> None:
+    """200 requests in a burst: all queued (UDP losses resent, as any client must: same id and
+    request is safe), all done, first in first out."""
+    src = write_noise(home / "many.wav", 2.0, rate=16000, channels=1, seed=11)
+    ids = [f"q{i:03d}" for i in range(200)]
+    args = {
+        # Distinct regions: no cache hits, 200 real jobs.
+        job_id: separate_args(job_id, src, "drums", "region", f"{i * 0.004:.3f}:1.5", token=daemon.token)
+        for i, job_id in enumerate(ids)
+    }
+    answered: set[str] = set()
+
+    def take(got: list) -> bool:
+        for address, reply in got:
+            assert address != "/reasam/error", reply
+            answered.add(reply[0])
+        got.clear()
+        return answered >= set(ids)
+
+    with daemon.client() as client:
+        for job_id in ids:
+            client.send("/reasam/separate", *args[job_id])
+        for _ in range(5):
+            with contextlib.suppress(AssertionError):
+                collect(client, take, timeout=3)
+            missing = [j for j in ids if j not in answered]
+            if not missing:
+                break
+            for job_id in missing:
+                client.send("/reasam/separate", *args[job_id])
+        assert answered >= set(ids)
+    wait_for(lambda: all(read_status(daemon.out / j)["state"] == "done" for j in ids), timeout=120, step=0.5)
+    log = daemon.log.read_text()
+    queued = re.findall(r"job (q\d{3}) queued", log)
+    done = re.findall(r"job (q\d{3}) done", log)
+    assert sorted(queued) == ids and done == queued  # each once; first in, first out
+    assert all((daemon.out / j / "manifest.json").is_file() for j in ids)
+
+
+def _malformed(valid: bytes, rng: np.random.Generator) -> Iterator[bytes]:
+    bundle = b"#bundle\x00" + b"\x00" * 8
+    yield bundle + struct.pack(">i", -8) + valid  # python-osc loops forever on this one
+    yield bundle + struct.pack(">i", -2147483648) + valid
+    yield bundle + struct.pack(">i", 0) + valid
+    yield bundle + struct.pack(">i", 1 << 30) + valid
+    yield bundle + struct.pack(">i", 6) + valid  # unaligned
+    nested = valid
+    for _ in range(8):
+        nested = bundle + struct.pack(">i", len(nested)) + nested
+    yield nested
+    yield bundle + b"".join(struct.pack(">i", len(valid)) + valid for _ in range(100))
+    yield b""
+    yield b"\x00" * 4
+    yield b"/reasam/ping"  # unterminated, unaligned
+    yield b"/reasam/ping\x00\x00\x00\x00,s\x00\x00"  # type tag promises a missing string
+    yield b"/reasam/ping\x00\x00\x00\x00,b\x00\x00\xff\xff\xff\xf0"  # negative blob
+    yield b"/reasam/ping\x00\x00\x00\x00,[\x00\x00"  # arrays are not taken
+    yield b"/reasam/ping\x00\x00\x00\x00,c\x00\x00abcd"  # char tag python-osc misreads
+    yield b"/reasam/\xff\xfe\x00\x00\x00\x00"  # not ASCII
+    yield encode("/reasam/ping", "\udcff".encode("utf-8", "surrogatepass").decode("latin-1"))
+    yield b"/reasam/ping\x00\x00\x00\x00,s\x00\x00\xc3\x28\x00\x00"  # invalid UTF-8 string
+    yield encode("/reasam/*")  # address patterns are not served
+    yield encode("/reasam/unknown", 1, 2.0, "x")
+    yield encode("/reasam/separate")  # no job id: dropped
+    yield encode("/reasam/separate", 42, "/x", "drums")  # job id of the wrong type: dropped
+    yield encode("/reasam/separate", "x" * 60000)  # huge unreadable job id: dropped
+    yield encode("/reasam/status", 1.5)
+    for n in range(len(valid)):
+        yield valid[:n]  # every truncation
+    for _ in range(3000):
+        size = int(rng.integers(1, 200)) * 4
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            yield rng.bytes(size)
+        elif kind == 1:
+            yield bundle + rng.bytes(size)
+        else:  # a valid message with some bytes flipped
+            data = bytearray(valid)
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+            yield bytes(data)
+
+
+def test_malformed_datagrams_never_hurt(daemon: Daemon, short_wav: Path) -> None:
+    rng = np.random.default_rng(5)
+    valid = encode("/reasam/separate", "flood", str(short_wav), "drums", "engine", "dsp", "token", "t")
+    with daemon.client() as client:
+        client.ping()  # engines imported before CPU is measured
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            for data in _malformed(valid, rng):
+                raw.sendto(data, ("127.0.0.1", daemon.port))
+                sent += 1
+                if sent % 200 == 0:
+                    time.sleep(0.01)  # stay under the socket buffer
+        assert sent > 3000
+        started = time.monotonic()
+        pong = client.ping()
+        assert pong["version"] and time.monotonic() - started < 5
+        assert psutil.Process(daemon.proc.pid).cpu_percent(interval=1.0) < 50  # not spinning
+        # Readable job id + bad content → /reasam/error bad_request, one per case.
+        cases = {
+            "k1": ["k1", str(short_wav), "drums", "colour", "red"],  # unknown key
+            "k2": ["k2", str(short_wav), "drums", "quality"],  # key without a value
+            "k3": ["k3", 17, "drums"],  # path of the wrong type
+            "k4": ["k4", str(short_wav), "x" * 50000],  # huge prompt
+            "k5": ["k5", "relative/path.wav", "drums"],
+            "k6": ["k6", str(short_wav), "drums", "region", "soon"],
+            "k7": ["k7", str(short_wav.parent), "drums"],  # not a regular file
+            "bad id!": ["bad id!", str(short_wav), "drums"],
+        }
+        for job_id, args in cases.items():
+            client.send("/reasam/separate", *args, *client.auth())
+            address, reply = collect(client, final_for(job_id), timeout=5)[-1]
+            assert (address, reply[1]) == ("/reasam/error", "bad_request"), (job_id, reply)
+        client.send("/reasam/separate", "k8", str(short_wav.parent / "missing.wav"), "drums", *client.auth())
+        assert collect(client, final_for("k8"), timeout=5)[-1][1][1] == "not_found"
+        # Valid OSC with values of types we do not take: a blob, a boolean.
+        for job_id, value, tag in (("k9", b"abcd", "b"), ("k10", True, "T")):
+            builder = OscMessageBuilder("/reasam/separate")
+            for arg in (job_id, str(short_wav), "drums", "engine"):
+                builder.add_arg(arg, "s")
+            builder.add_arg(value, tag)
+            for arg in client.auth():
+                builder.add_arg(arg, "s")
+            client.sock.sendto(builder.build().dgram, client.addr)
+            address, reply = collect(client, final_for(job_id), timeout=5)[-1]
+            assert (address, reply[1]) == ("/reasam/error", "bad_request"), reply
+        assert client.ping()["version"]
+    log = daemon.log.read_text()
+    assert "dropped datagram" in log and "Traceback" not in log
+
+
+def test_bundle_is_unpacked(daemon: Daemon) -> None:
+    with daemon.client() as client:
+        ping = encode("/reasam/ping", *client.auth())
+        bundle = b"#bundle\x00" + struct.pack(">Q", 1 << 62) + struct.pack(">i", len(ping)) + ping
+        client.sock.sendto(bundle, client.addr)
+        # Answered at once even though the time tag lies far in the future.
+        address, _ = collect(client, lambda got: bool(got), timeout=3)[0]
+    assert address == "/reasam/pong"
+
+
+@pytest.mark.skipif(not HAVE_LIBLO, reason="liblo-tools (oscsend/oscdump) not installed")
+def test_liblo_oscsend_and_oscdump(daemon: Daemon, short_wav: Path) -> None:
+    """An independent OSC implementation, exactly as README tells a user to drive the daemon."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = probe.getsockname()[1]
+    dump = subprocess.Popen(["oscdump", "-L", str(listen)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        token = daemon.token
+        assert token
+        base = ["oscsend", "127.0.0.1", str(daemon.port)]
+        subprocess.run(
+            [*base, "/reasam/ping", "sssi", "token", token, "reply_port", str(listen)], check=True, timeout=10
+        )
+        subprocess.run(
+            [
+                *base,
+                "/reasam/separate",
+                "ssssssssi",
+                "liblo-1",
+                str(short_wav),
+                "drums",
+                "engine",
+                "dsp",
+                "token",
+                token,
+                "reply_port",
+                str(listen),
+            ],
+            check=True,
+            timeout=10,
+        )
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        assert dump.stdout is not None
+        while time.monotonic() < deadline and not any("/reasam/done" in line for line in lines):
+            lines.append(dump.stdout.readline())
+    finally:
+        dump.terminate()
+        dump.wait(5)
+    text = "".join(lines)
+    assert "/reasam/pong ssss" in text
+    assert '/reasam/accepted si "liblo-1"' in text
+    assert f'/reasam/done ss "liblo-1" "{daemon.out / "liblo-1" / "manifest.json"}"' in text
+
+
+def test_send_cli_outcomes(daemon: Daemon, short_wav: Path) -> None:
+    ok = daemon.cli("send", str(short_wav), "--prompt", "drums", "--engine", "dsp", "--job-id", "cli-1")
+    assert ok.returncode == 0, ok.stderr
+    body = json.loads(ok.stdout)
+    assert body["state"] == "done" and body["manifest"]["job_id"] == "cli-1"
+    queued = daemon.cli("send", str(short_wav), "--prompt", "harmonic", "--engine", "dsp", "--no-wait")
+    assert queued.returncode == 0 and json.loads(queued.stdout)["state"] in ("queued", "done")
+    missing = daemon.cli("send", str(short_wav.parent / "nope.wav"), "--prompt", "drums")
+    assert missing.returncode == 1 and json.loads(missing.stdout)["code"] == "not_found"
+    unknown = daemon.cli("send", str(short_wav), "--prompt", "a dog barking", "--engine", "dsp")
+    assert unknown.returncode == 2 and json.loads(unknown.stdout)["code"] == "unsupported_prompt"
+    status = daemon.cli("status", "cli-1")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "done"
+    overview = daemon.cli("status")
+    assert json.loads(overview.stdout)["jobs"]["done"] >= 1
+    ping = daemon.cli("ping")
+    assert ping.returncode == 0 and json.loads(ping.stdout)["version"]
+    nobody = subprocess.run(
+        [PYTHON, "-m", "reasam.cli", "ping", "--port", "9", "--retries", "2"],
+        env=clean_env(daemon.home),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert nobody.returncode == 3 and "no answer" in nobody.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Daemons of their own
+
+
+def test_kill9_mid_job_then_restart_completes_once(tmp_path: Path) -> None:
+    long_wav = write_noise(tmp_path / "long.wav", 40.0, rate=44100, seed=21)
+    short = write_noise(tmp_path / "short.wav", 1.0, seed=22)
+    d = Daemon(tmp_path / "d", "--cache-mb", "0").start()
+    ids = ["crash-long", "after-1", "after-2", "after-3"]
+    with d.client() as client:
+        client.send("/reasam/separate", *separate_args(ids[0], long_wav, token=d.token))
+        for job_id in ids[1:]:
+            client.send("/reasam/separate", *separate_args(job_id, short, token=d.token))
+        collect(client, lambda got: sum(a == "/reasam/accepted" for a, _ in got) >= 4, timeout=10)
+        wait_for(lambda: read_status(d.out / ids[0])["fraction"] > 0.3)  # partial stems on disk
+        d.kill9()
+        assert not (d.out / ids[0] / "manifest.json").exists()
+        assert any(p.name.endswith(".partial") for p in (d.out / ids[0]).iterdir())
+        d.start()  # same port, same journal
+        replies = collect(client, lambda got: sum(a == "/reasam/done" for a, _ in got) >= 4, timeout=60)
+        time.sleep(0.5)
+        while (late := client.receive(0.2)) is not None:
+            replies.append(late)
+    done = [x[0] for a, x in replies if a == "/reasam/done"]
+    assert sorted(done) == sorted(ids)  # every job done exactly once, reported to its sender
+    for job_id in ids:
+        assert job_files(d.out / job_id) == [
+            "drums-residual.wav",
+            "drums.wav",
+            "manifest.json",
+            "status.json",
+        ]
+        assert read_status(d.out / job_id)["state"] == "done"
+    log = d.log.read_text()
+    assert "job crash-long was running at the last stop; it runs again" in log
+    assert log.count("job after-1 running") == 1
+    assert d.stop() == 0
+
+
+def test_sigterm_journals_the_running_job(tmp_path: Path) -> None:
+    long_wav = write_noise(tmp_path / "long.wav", 40.0, rate=44100, seed=31)
+    d = Daemon(tmp_path / "d", "--shutdown-grace", "0").start()
+    with d.client() as client:
+        client.send("/reasam/separate", *separate_args("term-1", long_wav, token=d.token))
+        wait_for(lambda: read_status(d.out / "term-1")["state"] == "running")
+        started = time.monotonic()
+        assert d.stop() == 0  # clean exit
+        assert time.monotonic() - started < 20
+        status = read_status(d.out / "term-1")
+        assert status["state"] == "queued" and "interrupted" in status["message"]
+        assert job_files(d.out / "term-1") == ["status.json"]
+        assert "stopped; 1 job(s) journaled for the next start" in d.log.read_text()
+        d.start()
+        replies = collect(client, final_for("term-1"), timeout=60)
+    assert replies[-1][0] == "/reasam/done"
+    assert d.stop() == 0
+
+
+def test_busy_beyond_queue_limit_no_token_on_loopback_and_preload(tmp_path: Path) -> None:
+    long_wav = write_noise(tmp_path / "long.wav", 30.0, rate=44100, seed=41)
+    d = Daemon(
+        tmp_path / "d", "--queue-limit", "2", "--no-token", "--preload", "--engine", "spleeter"
+    ).start()
+    assert d.token is None
+    with d.client(None) as client:
+        assert client.ping()["version"]  # no token needed
+        client.send("/reasam/separate", *separate_args("b0", long_wav, token=None))
+        wait_for(lambda: read_status(d.out / "b0")["state"] == "running")
+        for job_id in ("b1", "b2", "b3"):  # b1 and b2 fill the queue; b3 is one too many
+            client.send("/reasam/separate", *separate_args(job_id, long_wav, "harmonic", token=None))
+        replies = collect(client, final_for("b3"), timeout=10)
+        assert replies[-1][0] == "/reasam/error" and replies[-1][1][1] == "busy"
+        assert not (d.out / "b3").exists()
+        for job_id in ("b1", "b2"):
+            client.send("/reasam/cancel", job_id)
+        replies = collect(client, lambda got: sum(a == "/reasam/cancelled" for a, _ in got) >= 2, timeout=30)
+        assert sorted(x[0] for a, x in replies if a == "/reasam/cancelled") == ["b1", "b2"]  # once each
+        collect(client, final_for("b0"), timeout=30)
+        # --preload: the default engine's model was loaded at start, not by a job.
+        wait_for(lambda: "spleeter loaded" in client.ping()["model_state"], timeout=60, step=0.2)
+    assert "preloaded spleeter" in d.log.read_text()
+    assert d.stop() == 0
+
+
+def test_no_token_refused_off_loopback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "reasam.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--no-token",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "only allowed on a loopback address" in proc.stderr
+
+
+def test_second_daemon_on_same_state_is_refused(daemon: Daemon) -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "reasam.cli", "serve", "--port", "0", "--state-dir", str(daemon.state)],
+        env=clean_env(daemon.home),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1 and "already using" in proc.stderr
+
+
+def test_encode_parse_round_trip() -> None:
+    data = encode("/reasam/progress", "job", 0.5, "separating")
+    assert parse(data) == [("/reasam/progress", ["job", 0.5, "separating"])]
