@@ -1,0 +1,33 @@
+-- @description ReaSAM: separate the selection by prompt or time span
+-- @author ReaSAM contributors
+-- @version 0.1.0
+-- @metapackage
+-- @changelog
+--   First release: separate selected items by vocals, drums, bass, instrumental, a custom text
+--   prompt or the sound in the time selection; stems come back as new tracks lined up to the
+--   sample with the original (take offsets and playrate respected), in one undo step; jobs run
+--   in the ReaSAM daemon, never freeze REAPER and can be cancelled.
+-- @about
+--   # ReaSAM
+--
+--   Prompt-driven source separation for REAPER. The actions send the selected items to the
+--   local ReaSAM daemon (`reasam serve`, a Python program: install it first, see the project's
+--   README) and import the stems it returns as new tracks right under the source track.
+--
+--   - OSC over UDP when the "Mavriq Lua Sockets" package is installed (fast path), otherwise
+--     the `reasam` command line; the daemon is started when it is not running.
+--   - Progress in a ReaImGui window when ReaImGui is installed, else a small window; Esc or
+--     "ReaSAM: cancel jobs" cancels the job in the daemon.
+--   - Settings (port, output folder, engine, quality, folder, mute): "ReaSAM: status and settings".
+-- @provides
+--   [main] Separate selection - vocals.lua
+--   [main] Separate selection - drums.lua
+--   [main] Separate selection - bass.lua
+--   [main] Separate selection - instrumental.lua
+--   [main] Separate selection - custom prompt.lua
+--   [main] Separate selection - sound in time selection.lua
+--   [main] ReaSAM - cancel jobs.lua
+--   [main] ReaSAM - status and settings.lua
+--   [nomain] lib/*.lua
+--
+-- This file only carries the ReaPack package metadata; it is not an action.

@@ -1,0 +1,209 @@
+-- @noindex
+-- Import a finished job's stems as new tracks right under the source track, in one undo block,
+-- lined up to the sample with the original item.
+--
+-- Stem frame 0 is file time manifest.region_start. The original take plays file time
+--   offset + D_STARTOFFS + (t - D_POSITION) * D_PLAYRATE   at project time t,
+-- so the stem's frame 0 sits at project time
+--   T0 = D_POSITION + (region_start - offset - D_STARTOFFS) / D_PLAYRATE
+-- and the new item gets the original's position and length (clipped to what the stem covers),
+-- its take D_STARTOFFS = (position - T0) * D_PLAYRATE and the original's playrate and pitch
+-- settings, so every stem plays exactly the samples the original plays at that moment.
+local reaper = reaper
+local util = require("util")
+local settings = require("settings")
+
+local importer = {}
+
+local function set_name(track, name)
+  reaper.GetSetMediaTrackInfo_String(track, "P_NAME", name, true)
+end
+
+local function track_key(track)
+  local _, key = reaper.GetSetMediaTrackInfo_String(track, "P_EXT:reasam_key", "", false)
+  return key or ""
+end
+
+local function find_track(key)
+  for i = 0, reaper.CountTracks(0) - 1 do
+    local tr = reaper.GetTrack(0, i)
+    if track_key(tr) == key then return tr end
+  end
+  return nil
+end
+
+local function track_index(track)
+  return math.floor(reaper.GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) - 1
+end
+
+local function valid(ptr, kind)
+  if ptr == nil then return false end
+  if reaper.ValidatePtr2 then return reaper.ValidatePtr2(0, ptr, kind) end
+  return true
+end
+
+-- Creates (or, for a second item of the same batch on the same track, reuses) the tracks.
+local function tracks_for(job, opts)
+  local src_track = job.request.track
+  if not valid(src_track, "MediaTrack*") then src_track = nil end
+  local guid = src_track and reaper.GetTrackGUID(src_track) or "none"
+  local base = (opts.batch or job.id) .. ":" .. guid .. ":" .. util.slug(job.prompt_name, 64)
+  local target = find_track(base .. ":target")
+  local residual = find_track(base .. ":residual")
+  if target and residual then return target, residual, false end
+
+  local at = src_track and track_index(src_track) + 1 or reaper.CountTracks(0)
+  local names = {}
+  if opts.folder then names[#names + 1] = { "folder", job.prompt_name .. " (ReaSAM)" } end
+  names[#names + 1] = { "target", settings.track_name("target", job.prompt_name) }
+  names[#names + 1] = { "residual", settings.track_name("residual", job.prompt_name) }
+  local created = {}
+  for i, entry in ipairs(names) do
+    reaper.InsertTrackAtIndex(at + i - 1, true)
+    local tr = reaper.GetTrack(0, at + i - 1)
+    set_name(tr, entry[2])
+    reaper.GetSetMediaTrackInfo_String(tr, "P_EXT:reasam_key", base .. ":" .. entry[1], true)
+    reaper.SetMediaTrackInfo_Value(tr, "I_FOLDERDEPTH", 0)
+    created[entry[1]] = tr
+    created[#created + 1] = tr
+  end
+  local last = created[#created]
+  local close = 0
+  if opts.folder then
+    reaper.SetMediaTrackInfo_Value(created.folder, "I_FOLDERDEPTH", 1)
+    close = -1
+  end
+  -- A source track that closes folders hands the closing over to the last new track, so the
+  -- new tracks stay in the same folder as the source.
+  if src_track then
+    local depth = reaper.GetMediaTrackInfo_Value(src_track, "I_FOLDERDEPTH")
+    if depth < 0 then
+      reaper.SetMediaTrackInfo_Value(src_track, "I_FOLDERDEPTH", 0)
+      close = close + depth
+    end
+  end
+  reaper.SetMediaTrackInfo_Value(last, "I_FOLDERDEPTH", close)
+  return created.target, created.residual, true
+end
+
+-- Where the stem's first frame and the processed part sit in project time.
+function importer.placement(req, stem, sample_rate)
+  local off, so, rate, pos = req.section_offset or 0, req.startoffs, req.playrate, req.item_position
+  local function to_project(file_t) return pos + (file_t - off - so) / rate end
+  local t0 = to_project(stem.region_start)
+  local stem_end = stem.region_end
+  local tol = 1e-3
+  if stem.frames and sample_rate and sample_rate > 0 then
+    stem_end = math.min(stem_end, stem.region_start + stem.frames / sample_rate)
+    tol = 1.5 / sample_rate
+  end
+  -- A region rarely holds a whole number of frames: a stem less than a frame short of the
+  -- requested end is rounding, not a shorter stem, and the new item keeps the original's length.
+  if stem_end >= req.region_end - tol then stem_end = math.max(stem_end, req.region_end) end
+  local p0 = math.max(t0, to_project(req.region_start), pos)
+  local p1 = math.min(to_project(stem_end), to_project(req.region_end), pos + req.item_length)
+  return {
+    position = p0,
+    length = p1 - p0,
+    startoffs = (p0 - t0) * rate,
+    playrate = rate,
+  }
+end
+
+local TAKE_COPY = { "D_PLAYRATE", "B_PPITCH", "D_PITCH", "I_PITCHMODE", "D_VOL", "D_PAN", "I_CHANMODE" }
+
+local function add_item(track, path, place, job, role, stem_name)
+  local req = job.request
+  local item = reaper.AddMediaItemToTrack(track)
+  local take = reaper.AddTakeToMediaItem(item)
+  local src = reaper.PCM_Source_CreateFromFile(path)
+  if not src then error("REAPER could not open " .. path) end
+  reaper.SetMediaItemTake_Source(take, src)
+  reaper.SetMediaItemInfo_Value(item, "D_POSITION", place.position)
+  reaper.SetMediaItemInfo_Value(item, "D_LENGTH", place.length)
+  reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
+  local orig_item, orig_take = req.item, req.take
+  if valid(orig_take, "MediaItem_Take*") then
+    for _, key in ipairs(TAKE_COPY) do
+      reaper.SetMediaItemTakeInfo_Value(take, key, reaper.GetMediaItemTakeInfo_Value(orig_take, key))
+    end
+  end
+  reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", place.playrate)
+  reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", place.startoffs)
+  if valid(orig_item, "MediaItem*") then
+    reaper.SetMediaItemInfo_Value(item, "D_VOL", reaper.GetMediaItemInfo_Value(orig_item, "D_VOL"))
+    -- Fades belong to the original's edges: keep them where the new item shares an edge.
+    local opos = req.item_position
+    if math.abs(place.position - opos) < 1e-6 then
+      for _, key in ipairs({ "D_FADEINLEN", "C_FADEINSHAPE", "D_FADEINDIR" }) do
+        reaper.SetMediaItemInfo_Value(item, key, reaper.GetMediaItemInfo_Value(orig_item, key))
+      end
+    end
+    if math.abs(place.position + place.length - (opos + req.item_length)) < 1e-6 then
+      for _, key in ipairs({ "D_FADEOUTLEN", "C_FADEOUTSHAPE", "D_FADEOUTDIR" }) do
+        reaper.SetMediaItemInfo_Value(item, key, reaper.GetMediaItemInfo_Value(orig_item, key))
+      end
+    end
+  end
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", stem_name, true)
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_job", job.id, true)
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", job.prompt_text or "", true)
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_spans", table.concat(req.spans or {}, " "), true)
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_role", role, true)
+  return item, take, src
+end
+
+-- Picks the target and residual stems of a manifest; nil, message when it lacks them.
+function importer.stems(manifest)
+  if type(manifest) ~= "table" or type(manifest.stems) ~= "table" then
+    return nil, "the manifest has no stems"
+  end
+  local target, residual
+  for _, s in ipairs(manifest.stems) do
+    if s.role == "target" and not target then target = s end
+    if s.role == "residual" and not residual then residual = s end
+  end
+  if not target or not residual then return nil, "the manifest lacks a target or a residual stem" end
+  for _, s in ipairs({ target, residual }) do
+    if type(s.path) ~= "string" or not util.file_exists(s.path) then
+      return nil, "stem file missing: " .. tostring(s.path)
+    end
+    if type(s.region_start) ~= "number" or type(s.region_end) ~= "number" then
+      return nil, "stem without region_start/region_end in the manifest"
+    end
+  end
+  return target, residual
+end
+
+-- Imports one job. opts: { folder, mute, batch }. Returns { items, sources } or nil, message.
+function importer.import(job, manifest, opts)
+  local target, residual = importer.stems(manifest)
+  if not target then return nil, residual end
+  local rate = tonumber(manifest.sample_rate)
+  local result = { items = {}, sources = {}, tracks = {} }
+  reaper.Undo_BeginBlock()
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(function()
+    local tr_target, tr_residual = tracks_for(job, opts)
+    result.tracks = { tr_target, tr_residual }
+    for _, pair in ipairs({ { tr_target, target, "target" }, { tr_residual, residual, "residual" } }) do
+      local place = importer.placement(job.request, pair[2], rate)
+      if place.length <= 0 then error("the stem does not overlap the item") end
+      local stem_name = (pair[3] == "residual") and settings.track_name("residual", job.prompt_name)
+        or settings.track_name("target", job.prompt_name)
+      local item, _, src = add_item(pair[1], pair[2].path, place, job, pair[3], stem_name)
+      result.items[#result.items + 1] = item
+      result.sources[#result.sources + 1] = src
+    end
+    if opts.mute and valid(job.request.item, "MediaItem*") then
+      reaper.SetMediaItemInfo_Value(job.request.item, "B_MUTE", 1)
+    end
+  end)
+  reaper.PreventUIRefresh(-1)
+  reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1)
+  reaper.UpdateArrange()
+  if not ok then return nil, tostring(err) end
+  return result
+end
+
+return importer

@@ -1,0 +1,624 @@
+-- A model of the REAPER API subset the ReaSAM scripts use, for busted under plain Lua 5.4.
+--
+-- It keeps a project (tracks, items, takes, sources with section/reversed parents), the item
+-- selection and time selection, ExtState, undo blocks and PreventUIRefresh balance; it records
+-- dialogs, message boxes and console text; ExecProcess really starts processes; and a defer
+-- driver runs each script's deferred functions tick by tick, timing every call.
+--
+-- Each action file runs in its own environment with its own `require` cache, like a ReaScript
+-- in its own Lua state; `reaper` and `gfx` are shared like REAPER's.
+local socket = require("socket")
+local wav = require("wav")
+
+local M = {}
+
+local function now() return socket.gettime() end
+
+local ITEM_KEYS = {
+  D_POSITION = 0, D_LENGTH = 0, D_SNAPOFFSET = 0, B_MUTE = 0, B_LOOPSRC = 0, B_UISEL = 0, D_VOL = 1,
+  D_FADEINLEN = 0, D_FADEOUTLEN = 0, C_FADEINSHAPE = 0, C_FADEOUTSHAPE = 0, D_FADEINDIR = 0,
+  D_FADEOUTDIR = 0, D_FADEINLEN_AUTO = -1, D_FADEOUTLEN_AUTO = -1, C_LOCK = 0, I_GROUPID = 0,
+}
+local TAKE_KEYS = {
+  D_STARTOFFS = 0, D_PLAYRATE = 1, D_VOL = 1, D_PAN = 0, D_PANLAW = -1, B_PPITCH = 0, D_PITCH = 0,
+  I_PITCHMODE = -1, I_CHANMODE = 0,
+}
+local TRACK_KEYS = { I_FOLDERDEPTH = 0, B_MUTE = 0, I_SOLO = 0, D_VOL = 1, D_PAN = 0, I_FOLDERCOMPACT = 0 }
+
+-- Optional APIs the scripts probe for (present in current REAPER, guarded by existence).
+M.OPTIONAL = {
+  ImGui_CreateContext = true, ImGui_Begin = true, ImGui_SetNextWindowSize = true, ImGui_Cond_FirstUseEver = true,
+  ImGui_Text = true, ImGui_ProgressBar = true, ImGui_Button = true, ImGui_IsKeyPressed = true,
+  ImGui_Key_Escape = true, ImGui_End = true, PCM_Source_BuildPeaks = true,
+}
+
+function M.new(opts)
+  opts = opts or {}
+  local model = {
+    tracks = {},
+    time_sel = { 0, 0 },
+    ext = {},
+    ext_persist = {},
+    undo_depth = 0,
+    undo = {},
+    loose_edits = 0,
+    edits = 0,
+    refresh = 0,
+    refresh_violations = {},
+    console = {},
+    messages = {},
+    dialogs = {},
+    inputs = {},
+    msgbox_answers = {},
+    menus = {},
+    menu_choices = {},
+    gfx_keys = {},
+    gfx_frames = 0,
+    gfx_text = {},
+    gfx_open = false,
+    imgui_keys = {},
+    imgui_frames = 0,
+    queue = {},
+    scripts = {},
+    errors = {},
+    exec = {},
+    missing = {},
+    tick_times = {},
+    max_tick = 0,
+    peaks_calls = 0,
+    resource = opts.resource or os.tmpname() .. "-res",
+    media = opts.media,
+    project_file = opts.project_file or "",
+    sockets = opts.sockets ~= false,
+    imgui = opts.imgui == true,
+    os_name = opts.os_name or "Linux-x86_64",
+    guid = 0,
+    exec_env = opts.exec_env,
+  }
+  os.remove(model.resource)
+  os.execute("mkdir -p '" .. model.resource .. "'")
+
+  local R = {}
+  model.reaper = setmetatable(R, {
+    __index = function(_, k)
+      model.missing[k] = true
+      return nil
+    end,
+  })
+
+  local function edit()
+    model.edits = model.edits + 1
+    if model.undo_depth == 0 then model.loose_edits = model.loose_edits + 1 end
+  end
+
+  local function alive_track(tr)
+    for _, t in ipairs(model.tracks) do if t == tr then return true end end
+    return false
+  end
+  local function alive_item(it)
+    return it and it.track and alive_track(it.track) and (function()
+      for _, x in ipairs(it.track.items) do if x == it then return true end end
+      return false
+    end)()
+  end
+
+  -- Sources ------------------------------------------------------------------------------------
+  function model.file_source(path)
+    local src = { kind = "source", file = path, type = "WAVE", length = 0, rate = 0, channels = 0 }
+    local info = wav.info(path)
+    if info then
+      src.length = info.frames / info.rate
+      src.rate = info.rate
+      src.channels = info.channels
+      src.frames = info.frames
+    else
+      src.offline = true
+    end
+    return src
+  end
+  function model.section_source(parent, offset, length, reversed)
+    return { kind = "source", parent = parent, type = "SECTION", section = { offset, length, reversed or false },
+      length = length > 0 and length or parent.length }
+  end
+
+  -- Project ------------------------------------------------------------------------------------
+  function model.add_track(name, depth)
+    model.guid = model.guid + 1
+    local tr = { kind = "track", name = name or "", items = {}, info = {}, ext = {},
+      guid = string.format("{00000000-0000-0000-0000-%012d}", model.guid) }
+    for k, v in pairs(TRACK_KEYS) do tr.info[k] = v end
+    tr.info.I_FOLDERDEPTH = depth or 0
+    model.tracks[#model.tracks + 1] = tr
+    return tr
+  end
+
+  -- spec: { position, length, file | source, startoffs, playrate, loop, selected, midi, name,
+  --         section = {offset, length}, reversed, stretch_markers }
+  function model.add_item(tr, spec)
+    local item = { kind = "item", track = tr, takes = {}, info = {}, selected = spec.selected ~= false }
+    for k, v in pairs(ITEM_KEYS) do item.info[k] = v end
+    item.info.D_POSITION = spec.position or 0
+    local take = { kind = "take", item = item, info = {}, ext = {}, name = spec.name or "",
+      stretch = spec.stretch_markers or 0 }
+    for k, v in pairs(TAKE_KEYS) do take.info[k] = v end
+    take.info.D_STARTOFFS = spec.startoffs or 0
+    take.info.D_PLAYRATE = spec.playrate or 1
+    local src
+    if spec.midi then
+      src = { kind = "source", type = "MIDI", length = spec.length or 4, midi = true }
+      take.midi = true
+    else
+      src = spec.source or model.file_source(spec.file)
+      if spec.section or spec.reversed then
+        local sec = spec.section or { 0, 0 }
+        src = model.section_source(src, sec[1], sec[2], spec.reversed)
+      end
+    end
+    take.source = src
+    item.info.D_LENGTH = spec.length or (src.length - take.info.D_STARTOFFS) / take.info.D_PLAYRATE
+    item.info.B_LOOPSRC = spec.loop and 1 or 0
+    item.takes[1] = take
+    item.active = take
+    tr.items[#tr.items + 1] = item
+    return item, take
+  end
+
+  function model.track_index(tr)
+    for i, t in ipairs(model.tracks) do if t == tr then return i end end
+    return nil
+  end
+
+  function model.selected_items()
+    local out = {}
+    for _, tr in ipairs(model.tracks) do
+      for _, it in ipairs(tr.items) do if it.selected then out[#out + 1] = it end end
+    end
+    return out
+  end
+
+  function model.find_track(name)
+    for _, t in ipairs(model.tracks) do if t.name == name then return t end end
+    return nil
+  end
+
+  function model.root_file(src)
+    while src.parent do src = src.parent end
+    return src.file
+  end
+
+  -- API: project and selection -----------------------------------------------------------------
+  R.GetOS = function() return model.os_name end
+  R.GetResourcePath = function() return model.resource end
+  R.GetAppVersion = function() return "7.20/linux-x86_64" end
+  R.RecursiveCreateDirectory = function(path)
+    os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")
+    return 1
+  end
+  R.file_exists = function(path)
+    local f = io.open(path, "rb")
+    if f then f:close() return true end
+    return false
+  end
+  R.time_precise = now
+  R.EnumerateFiles = function(path, idx)
+    local names = {}
+    local p = io.popen("ls -1A '" .. path:gsub("'", "'\\''") .. "' 2>/dev/null")
+    for line in p:lines() do
+      local f = io.open(path .. "/" .. line .. "/.", "rb")
+      if f then f:close() else names[#names + 1] = line end
+    end
+    p:close()
+    table.sort(names)
+    return names[idx + 1]
+  end
+  R.GetProjectPath = function() return model.media or "" end
+  R.EnumProjects = function(idx)
+    if idx == -1 or idx == 0 then return "project0", model.project_file end
+    return nil, ""
+  end
+  R.CountTracks = function() return #model.tracks end
+  R.GetTrack = function(_, idx) return model.tracks[idx + 1] end
+  R.CountSelectedMediaItems = function() return #model.selected_items() end
+  R.GetSelectedMediaItem = function(_, idx) return model.selected_items()[idx + 1] end
+  R.CountMediaItems = function()
+    local n = 0
+    for _, tr in ipairs(model.tracks) do n = n + #tr.items end
+    return n
+  end
+  R.GetActiveTake = function(item) return item.active end
+  R.TakeIsMIDI = function(take) return take.midi == true end
+  R.GetMediaItem_Track = function(item) return item.track end
+  R.GetMediaItemTake_Source = function(take) return take.source end
+  R.GetMediaSourceParent = function(src) return src.parent end
+  R.GetMediaSourceType = function(src) return src.type end
+  R.PCM_Source_GetSectionInfo = function(src)
+    if src.section then return true, src.section[1], src.section[2], src.section[3] end
+    return false, 0, src.length, false
+  end
+  R.GetMediaSourceFileName = function(src) return src.file or "" end
+  R.GetMediaSourceLength = function(src) return src.length, false end
+  R.GetMediaSourceSampleRate = function(src) return src.rate or 0 end
+  R.GetMediaSourceNumChannels = function(src) return src.channels or 0 end
+  R.GetTakeNumStretchMarkers = function(take) return take.stretch or 0 end
+  R.GetSet_LoopTimeRange2 = function(_, is_set, _, a, b)
+    if is_set then model.time_sel = { a, b } end
+    return model.time_sel[1], model.time_sel[2]
+  end
+  R.ValidatePtr2 = function(_, ptr, kind)
+    if type(ptr) ~= "table" then return false end
+    if kind == "MediaTrack*" then return ptr.kind == "track" and alive_track(ptr) end
+    if kind == "MediaItem*" then return ptr.kind == "item" and alive_item(ptr) end
+    if kind == "MediaItem_Take*" then return ptr.kind == "take" and alive_item(ptr.item) end
+    error("ValidatePtr2: unknown type " .. tostring(kind))
+  end
+
+  -- Values -------------------------------------------------------------------------------------
+  local function get_value(obj, keys, key, what)
+    if keys[key] == nil then error(what .. ": unknown parameter " .. tostring(key), 3) end
+    return obj.info[key]
+  end
+  local function set_value(obj, keys, key, value, what)
+    if keys[key] == nil then error(what .. ": unknown parameter " .. tostring(key), 3) end
+    if type(value) ~= "number" or value ~= value then error(what .. ": " .. key .. " needs a number", 3) end
+    obj.info[key] = value
+    edit()
+    return true
+  end
+  R.GetMediaItemInfo_Value = function(item, key)
+    assert(item and item.kind == "item", "GetMediaItemInfo_Value: not an item")
+    return get_value(item, ITEM_KEYS, key, "GetMediaItemInfo_Value")
+  end
+  R.SetMediaItemInfo_Value = function(item, key, v)
+    assert(item and item.kind == "item", "SetMediaItemInfo_Value: not an item")
+    if key == "B_UISEL" then item.selected = v ~= 0 end
+    return set_value(item, ITEM_KEYS, key, v, "SetMediaItemInfo_Value")
+  end
+  R.GetMediaItemTakeInfo_Value = function(take, key)
+    assert(take and take.kind == "take", "GetMediaItemTakeInfo_Value: not a take")
+    return get_value(take, TAKE_KEYS, key, "GetMediaItemTakeInfo_Value")
+  end
+  R.SetMediaItemTakeInfo_Value = function(take, key, v)
+    assert(take and take.kind == "take", "SetMediaItemTakeInfo_Value: not a take")
+    if key == "D_PLAYRATE" and v <= 0 then error("playrate must be > 0") end
+    return set_value(take, TAKE_KEYS, key, v, "SetMediaItemTakeInfo_Value")
+  end
+  R.GetMediaTrackInfo_Value = function(tr, key)
+    assert(tr and tr.kind == "track", "GetMediaTrackInfo_Value: not a track")
+    if key == "IP_TRACKNUMBER" then return model.track_index(tr) or 0 end
+    return get_value(tr, TRACK_KEYS, key, "GetMediaTrackInfo_Value")
+  end
+  R.SetMediaTrackInfo_Value = function(tr, key, v)
+    assert(tr and tr.kind == "track", "SetMediaTrackInfo_Value: not a track")
+    return set_value(tr, TRACK_KEYS, key, v, "SetMediaTrackInfo_Value")
+  end
+  local function string_attr(obj, key, value, set, name_field)
+    if key == "P_NAME" then
+      if set then obj[name_field] = value edit() end
+      return true, obj[name_field]
+    end
+    local ext = key:match("^P_EXT:(.+)$")
+    if ext then
+      if set then obj.ext[ext] = value edit() end
+      return true, obj.ext[ext] or ""
+    end
+    if key == "GUID" then return true, obj.guid or "" end
+    error("unknown string attribute " .. key, 3)
+  end
+  R.GetSetMediaTrackInfo_String = function(tr, key, value, set)
+    assert(tr and tr.kind == "track", "GetSetMediaTrackInfo_String: not a track")
+    return string_attr(tr, key, value, set, "name")
+  end
+  R.GetSetMediaItemTakeInfo_String = function(take, key, value, set)
+    assert(take and take.kind == "take", "GetSetMediaItemTakeInfo_String: not a take")
+    return string_attr(take, key, value, set, "name")
+  end
+  R.GetTrackGUID = function(tr) return tr.guid end
+
+  -- Editing ------------------------------------------------------------------------------------
+  R.InsertTrackAtIndex = function(idx, _)
+    if idx < 0 or idx > #model.tracks then error("InsertTrackAtIndex: index out of range") end
+    model.guid = model.guid + 1
+    local tr = { kind = "track", name = "", items = {}, info = {}, ext = {},
+      guid = string.format("{00000000-0000-0000-0000-%012d}", model.guid) }
+    for k, v in pairs(TRACK_KEYS) do tr.info[k] = v end
+    table.insert(model.tracks, idx + 1, tr)
+    edit()
+  end
+  R.AddMediaItemToTrack = function(tr)
+    assert(tr and tr.kind == "track" and alive_track(tr), "AddMediaItemToTrack: not a track")
+    local item = { kind = "item", track = tr, takes = {}, info = {}, selected = false }
+    for k, v in pairs(ITEM_KEYS) do item.info[k] = v end
+    tr.items[#tr.items + 1] = item
+    edit()
+    return item
+  end
+  R.AddTakeToMediaItem = function(item)
+    local take = { kind = "take", item = item, info = {}, ext = {}, name = "", stretch = 0 }
+    for k, v in pairs(TAKE_KEYS) do take.info[k] = v end
+    item.takes[#item.takes + 1] = take
+    item.active = item.active or take
+    edit()
+    return take
+  end
+  R.PCM_Source_CreateFromFile = function(path)
+    return model.file_source(path)
+  end
+  R.SetMediaItemTake_Source = function(take, src)
+    assert(src and src.kind == "source", "SetMediaItemTake_Source: not a source")
+    take.source = src
+    edit()
+    return true
+  end
+  R.PCM_Source_BuildPeaks = function(src, mode)
+    model.peaks_calls = model.peaks_calls + 1
+    src.peaks_state = src.peaks_state or 0
+    if mode == 0 then
+      src.peaks_pending = 3
+      return 1
+    elseif mode == 1 then
+      src.peaks_pending = (src.peaks_pending or 0) - 1
+      return src.peaks_pending > 0 and 1 or 0
+    else
+      src.peaks_built = true
+      return 0
+    end
+  end
+  R.Undo_BeginBlock = function()
+    model.undo_depth = model.undo_depth + 1
+    model.block_start_edits = model.edits
+  end
+  R.Undo_BeginBlock2 = R.Undo_BeginBlock
+  R.Undo_EndBlock = function(desc, flags)
+    if model.undo_depth <= 0 then error("Undo_EndBlock without Undo_BeginBlock") end
+    model.undo_depth = model.undo_depth - 1
+    model.undo[#model.undo + 1] = { desc = desc, flags = flags, edits = model.edits - (model.block_start_edits or 0) }
+  end
+  R.Undo_EndBlock2 = function(_, desc, flags) return R.Undo_EndBlock(desc, flags) end
+  R.PreventUIRefresh = function(n)
+    model.refresh = model.refresh + n
+    if model.refresh < 0 then error("PreventUIRefresh went negative") end
+  end
+  R.UpdateArrange = function() model.arrange_updates = (model.arrange_updates or 0) + 1 end
+  R.UpdateTimeline = R.UpdateArrange
+
+  -- ExtState -----------------------------------------------------------------------------------
+  local function ek(section, key) return section .. "\0" .. key end
+  R.SetExtState = function(section, key, value, persist)
+    assert(type(value) == "string", "SetExtState needs a string value")
+    model.ext[ek(section, key)] = value
+    if persist then model.ext_persist[ek(section, key)] = true end
+  end
+  R.GetExtState = function(section, key) return model.ext[ek(section, key)] or "" end
+  R.HasExtState = function(section, key) return model.ext[ek(section, key)] ~= nil end
+  R.DeleteExtState = function(section, key) model.ext[ek(section, key)] = nil end
+  function model.set_setting(key, value) R.SetExtState("ReaSAM", key, tostring(value), true) end
+
+  -- Dialogs and console ------------------------------------------------------------------------
+  R.ShowConsoleMsg = function(msg) model.console[#model.console + 1] = msg end
+  R.ClearConsole = function() end
+  R.ShowMessageBox = function(msg, title, kind)
+    model.messages[#model.messages + 1] = { msg = msg, title = title, kind = kind }
+    local answer = table.remove(model.msgbox_answers, 1)
+    if answer then return answer end
+    if kind == 4 or kind == 3 then return 7 end -- No
+    return 1
+  end
+  R.GetUserInputs = function(title, n, captions, defaults)
+    model.dialogs[#model.dialogs + 1] = { title = title, n = n, captions = captions, defaults = defaults }
+    local answer = table.remove(model.inputs, 1)
+    if answer == nil then error("GetUserInputs '" .. title .. "' shown but the test gave no answer") end
+    if type(answer) == "function" then return answer(title, n, captions, defaults) end
+    return answer[1], answer[2]
+  end
+  R.GetMousePosition = function() return 100, 100 end
+  function model.console_text() return table.concat(model.console) end
+
+  -- Processes: ExecProcess really runs them ------------------------------------------------------
+  R.ExecProcess = function(cmd, timeout)
+    model.exec[#model.exec + 1] = { cmd = cmd, timeout = timeout }
+    -- REAPER's own environment, as the test wants it (e.g. where a started daemon keeps state).
+    if model.exec_env then cmd = "env " .. model.exec_env .. " " .. cmd end
+    if timeout < 0 then
+      os.execute(cmd .. " >/dev/null 2>&1 &")
+      return ""
+    end
+    local p = io.popen(cmd .. " 2>&1")
+    local out = p:read("a")
+    local _, _, code = p:close()
+    return tostring(code or 0) .. "\n" .. out
+  end
+
+  -- gfx ----------------------------------------------------------------------------------------
+  local gfx = { w = 0, h = 0, x = 0, y = 0 }
+  model.gfx = gfx
+  function gfx.init(name, w, h)
+    model.gfx_open = true
+    model.gfx_title = name
+    gfx.w, gfx.h = w or 0, h or 0
+    return 1
+  end
+  function gfx.quit() model.gfx_open = false end
+  function gfx.set() end
+  function gfx.rect() end
+  function gfx.setfont() end
+  function gfx.drawstr(s) model.frame_text[#model.frame_text + 1] = s end
+  function gfx.update()
+    model.gfx_frames = model.gfx_frames + 1
+    model.gfx_text = model.frame_text
+    model.frame_text = {}
+  end
+  function gfx.getchar()
+    if not model.gfx_open then return -1 end
+    local k = table.remove(model.gfx_keys, 1)
+    if k == -1 then model.gfx_open = false end
+    return k or 0
+  end
+  function gfx.showmenu(menu)
+    model.menus[#model.menus + 1] = menu
+    local c = table.remove(model.menu_choices, 1)
+    if c == nil then error("gfx.showmenu shown but the test gave no choice") end
+    return c
+  end
+  model.frame_text = {}
+
+  -- ReaImGui (only when asked for) ----------------------------------------------------------------
+  if model.imgui then
+    R.ImGui_CreateContext = function(label) return { label = label } end
+    R.ImGui_Cond_FirstUseEver = function() return 4 end
+    R.ImGui_SetNextWindowSize = function() end
+    R.ImGui_Begin = function()
+      model.imgui_frames = model.imgui_frames + 1
+      model.imgui_text = {}
+      return true, true
+    end
+    R.ImGui_Text = function(_, s) model.imgui_text[#model.imgui_text + 1] = s end
+    R.ImGui_ProgressBar = function(_, _, _, _, overlay) model.imgui_text[#model.imgui_text + 1] = overlay end
+    R.ImGui_Button = function() return table.remove(model.imgui_keys, 1) == "button" end
+    R.ImGui_Key_Escape = function() return 27 end
+    R.ImGui_IsKeyPressed = function() return table.remove(model.imgui_keys, 1) == "esc" end
+    R.ImGui_End = function() end
+  end
+
+  -- Scripts and the defer driver ---------------------------------------------------------------
+  -- A script's environment: its own `reaper` proxy (defer/atexit/get_action_context bound to
+  -- the script), its own package table and require cache.
+  function model.new_env(path)
+    local script = { path = path, atexits = {}, alive = true, pending = 0, errors = {} }
+    local proxy = setmetatable({}, { __index = R })
+    proxy.defer = function(fn)
+      assert(type(fn) == "function", "defer needs a function")
+      script.pending = script.pending + 1
+      model.queue[#model.queue + 1] = { script = script, fn = fn }
+    end
+    proxy.atexit = function(fn) script.atexits[#script.atexits + 1] = fn end
+    proxy.get_action_context = function() return false, path, 0, 0, -1, -1, -1, "" end
+    local pkg = setmetatable({ path = package.path, cpath = package.cpath, loaded = {} }, { __index = package })
+    local env = setmetatable({ reaper = proxy, gfx = gfx, package = pkg }, { __index = _G })
+    env._G = env
+    env.require = function(name)
+      if pkg.loaded[name] ~= nil then return pkg.loaded[name] end
+      if name == "socket" or name == "socket.core" then
+        if not model.sockets then error("module '" .. name .. "' not found (the model has no sockets)") end
+        return require(name)
+      end
+      local file = package.searchpath(name, pkg.path)
+      if file and file:find("reaper_scripts", 1, true) then
+        local chunk = assert(loadfile(file, "t", env))
+        local value = chunk(name)
+        if value == nil then value = true end
+        pkg.loaded[name] = value
+        return value
+      end
+      return require(name)
+    end
+    script.env = env
+    return env, script
+  end
+
+  -- The path to lib/ for scripts run outside the action files.
+  function model.lib_env(lib_dir)
+    local env, script = model.new_env(lib_dir .. "/none.lua")
+    env.package.path = lib_dir .. "/?.lua;" .. env.package.path
+    script.alive = false
+    return env
+  end
+
+  function model.run_action(path)
+    local env, script = model.new_env(path)
+    model.scripts[#model.scripts + 1] = script
+    local chunk = assert(loadfile(path, "t", env))
+    local t0 = now()
+    local ok, err = xpcall(chunk, debug.traceback)
+    model.record_tick(now() - t0)
+    if not ok then
+      script.errors[#script.errors + 1] = err
+      model.errors[#model.errors + 1] = err
+    end
+    model.check_refresh("main chunk of " .. path)
+    model.finish_scripts()
+    return script
+  end
+
+  function model.check_refresh(where)
+    if model.refresh ~= 0 then
+      model.refresh_violations[#model.refresh_violations + 1] = where
+      model.refresh = 0
+    end
+    if model.undo_depth ~= 0 then
+      model.errors[#model.errors + 1] = "undo block left open after " .. where
+      model.undo_depth = 0
+    end
+  end
+
+  function model.record_tick(dt)
+    model.tick_times[#model.tick_times + 1] = dt
+    if dt > model.max_tick then model.max_tick = dt end
+  end
+
+  local function run_atexit(script)
+    script.alive = false
+    for _, fn in ipairs(script.atexits) do
+      local ok, err = xpcall(fn, debug.traceback)
+      if not ok then model.errors[#model.errors + 1] = err end
+    end
+  end
+
+  function model.finish_scripts()
+    for _, s in ipairs(model.scripts) do
+      if s.alive and s.pending == 0 then run_atexit(s) end
+    end
+  end
+
+  -- Runs every function deferred before this tick once.
+  function model.tick()
+    local q = model.queue
+    model.queue = {}
+    for _, entry in ipairs(q) do
+      local s = entry.script
+      s.pending = s.pending - 1
+      if s.alive then
+        local t0 = now()
+        local ok, err = xpcall(entry.fn, debug.traceback)
+        model.record_tick(now() - t0)
+        if not ok then
+          s.errors[#s.errors + 1] = err
+          model.errors[#model.errors + 1] = err
+        end
+        model.check_refresh("a deferred call of " .. s.path)
+      end
+    end
+    model.finish_scripts()
+  end
+
+  function model.running()
+    for _, s in ipairs(model.scripts) do if s.alive then return true end end
+    return false
+  end
+
+  -- Ticks (about 30 per second, like REAPER's defer timer) until pred() or no script runs.
+  function model.run_until(pred, timeout, interval)
+    local deadline = now() + (timeout or 60)
+    pred = pred or function() return false end
+    while now() < deadline do
+      if pred() then return true end
+      if not model.running() then return pred() end
+      model.tick()
+      socket.sleep(interval or 0.03)
+    end
+    return false
+  end
+
+  -- The user terminates a running script (REAPER's "terminate instances" dialog).
+  function model.terminate(script)
+    local keep = {}
+    for _, e in ipairs(model.queue) do
+      if e.script ~= script then keep[#keep + 1] = e else script.pending = script.pending - 1 end
+    end
+    model.queue = keep
+    if script.alive then run_atexit(script) end
+  end
+
+  return model
+end
+
+return M
