@@ -72,6 +72,13 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: the source's)")
     p.add_argument("--mono", action="store_true", help="write mono stems (default: the source's channels)")
+    p.add_argument(
+        "--stereo",
+        default="mask",
+        choices=("mask", "mono"),
+        help="for mono models (sam): mask = keep the source's stereo image (default), "
+        "mono = the raw model output on every channel",
+    )
     g = p.add_argument_group("post-processing (off by default; breaks target + residual == input)")
     g.add_argument("--normalize-peak", type=_float_arg, default=None, metavar="DBFS")
     g.add_argument("--normalize-lufs", type=_float_arg, default=None, metavar="LUFS")
@@ -104,6 +111,7 @@ def _cmd_separate(args: argparse.Namespace) -> int:
             bit_depth=args.bit_depth,
             sample_rate=args.sample_rate,
             mono=args.mono,
+            stereo=args.stereo,
             post=PostProcess(
                 peak_dbfs=args.normalize_peak,
                 lufs=args.normalize_lufs,
@@ -207,6 +215,76 @@ def _cmd_engines(args: argparse.Namespace) -> int:
         if row["spans"]:
             prompts.append("+/- time spans")
         print(f"          prompts: {'; '.join(prompts) or 'none'}")
+        if row.get("model_state") and row["available"]:
+            print(f"          model: {row['model']}: {row['model_state']}")
+    return EXIT_OK
+
+
+_SAM_VARIANTS = "small, base, large, small-tv, base-tv, large-tv"
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list, download or delete SAM-Audio weights",
+        description="SAM-Audio weights live in the huggingface_hub cache (HF_HUB_CACHE / HF_HOME). "
+        "The checkpoints are gated: accept the licence on the hub and log in (`hf auth login` or "
+        "HF_TOKEN) before `pull`.",
+    )
+    msub = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    p_list = msub.add_parser("list", help="variants, where their weights are and their size")
+    p_list.add_argument("--json", action="store_true")
+    p_list.set_defaults(func=_cmd_models_list)
+    p_pull = msub.add_parser("pull", help="download a variant into the hub cache")
+    p_pull.add_argument(
+        "variant", nargs="?", default=None, help=f"{_SAM_VARIANTS} (default: REASAM_SAM_VARIANT, else auto)"
+    )
+    p_pull.add_argument("--token", default=None, help="hub token (default: HF_TOKEN or `hf auth login`)")
+    p_pull.add_argument("--revision", default=None, help="a branch, tag or commit of the model repo")
+    p_pull.set_defaults(func=_cmd_models_pull)
+    p_rm = msub.add_parser("rm", help="delete a variant from the hub cache")
+    p_rm.add_argument("variant", help=_SAM_VARIANTS)
+    p_rm.set_defaults(func=_cmd_models_rm)
+
+
+def _models_manager(args: argparse.Namespace):
+    import dataclasses
+
+    from . import models
+
+    manager = models.default_manager()
+    changes = {k: getattr(args, k) for k in ("token", "revision") if getattr(args, k, None)}
+    return models.ModelManager(dataclasses.replace(manager.settings, **changes)) if changes else manager
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from .models import format_bytes
+
+    rows = _models_manager(args).list()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        where = f"{row['source']}: {row['path']}" if row["downloaded"] else "not downloaded"
+        size = f"  {format_bytes(row['size_bytes'])}" if row["size_bytes"] is not None else ""
+        loaded = "  (loaded)" if row["loaded"] else ""
+        print(f"{row['variant']:<16} {where}{size}{loaded}")
+    return EXIT_OK
+
+
+def _cmd_models_pull(args: argparse.Namespace) -> int:
+    manager = _models_manager(args)
+    variant = manager.variant(args.variant)
+    sys.stderr.write(f"reasam: fetching SAM-Audio {variant} ...\n")
+    print(manager.pull(variant))
+    return EXIT_OK
+
+
+def _cmd_models_rm(args: argparse.Namespace) -> int:
+    from .models import format_bytes
+
+    freed = _models_manager(args).remove(args.variant)
+    print(f"removed {args.variant} ({format_bytes(freed)})")
     return EXIT_OK
 
 
@@ -228,10 +306,88 @@ def _cmd_example(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_install_reaper(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "install-reaper",
+        help="copy the ReaSAM actions into REAPER's Scripts folder",
+        description="Copy the ReaSAM ReaScripts into <resource path>/Scripts/ReaSAM, record this reasam "
+        "command for them (<resource path>/ReaSAM/reasam-command.txt) and print how to add the actions.",
+    )
+    p.add_argument(
+        "--resource-path",
+        type=Path,
+        default=None,
+        help="REAPER's resource folder (REAPER: Options > Show REAPER resource path); default: usual place",
+    )
+    p.add_argument("--scripts", type=Path, default=None, help="the ReaSAM scripts (default: this checkout's)")
+    p.add_argument(
+        "--command-only", action="store_true", help="only record the reasam command (for ReaPack installs)"
+    )
+    p.set_defaults(func=_cmd_install_reaper)
+
+
+def _cmd_install_reaper(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    if args.resource_path is not None:
+        res = args.resource_path.expanduser().absolute()
+    elif sys.platform == "win32":
+        res = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "REAPER"
+    elif sys.platform == "darwin":
+        res = Path.home() / "Library" / "Application Support" / "REAPER"
+    else:
+        res = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "REAPER"
+    if not res.is_dir():
+        raise ReasamError(
+            "not_found",
+            f"{res}: no REAPER resource folder; pass --resource-path "
+            "(REAPER: Options > Show REAPER resource path in explorer/finder)",
+        )
+    exe = Path(sys.argv[0]).absolute()
+    if not (exe.name.startswith("reasam") and exe.is_file()):
+        exe = Path(sys.executable).with_name("reasam.exe" if sys.platform == "win32" else "reasam")
+    command = str(exe) if exe.is_file() else (shutil.which("reasam") or "reasam")
+    (res / "ReaSAM").mkdir(parents=True, exist_ok=True)
+    (res / "ReaSAM" / "reasam-command.txt").write_text(command + "\n", encoding="utf-8")
+    print(f"the actions will run: {command}")
+    if args.command_only:
+        return EXIT_OK
+    src = (args.scripts or Path(__file__).resolve().parents[2] / "reaper_scripts" / "ReaSAM").absolute()
+    if not (src / "lib").is_dir():
+        raise ReasamError("not_found", f"{src}: the ReaSAM scripts are not here; pass --scripts")
+    dest = res / "Scripts" / "ReaSAM"
+    actions = []
+    for f in [*sorted(src.glob("*.lua")), *sorted((src / "lib").glob("*.lua"))]:
+        if f.name == "ReaSAM.lua":  # ReaPack package metadata, not an action
+            continue
+        target = dest / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+        if f.parent == src:
+            actions.append(target)
+    print(f"copied {len(actions)} actions and their lib/ to {dest}")
+    print("In REAPER: Actions > Show action list > New action... > Load ReaScript..., select these files:")
+    for a in actions:
+        print(f"  {a.name}")
+    print('Then select "Script: Separate selection - vocals.lua", click Add... (Shortcuts) and press a key.')
+    return EXIT_OK
+
+
+def _add_daemon(sub: argparse._SubParsersAction) -> None:
+    """serve, send, status, cancel, ping, install-service: defined next to the OSC code."""
+    from .osc import add_commands
+
+    add_commands(sub)
+
+
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_separate,
     _add_engines,
+    _add_models,
     _add_example,
+    _add_daemon,
+    _add_install_reaper,
 )
 
 
