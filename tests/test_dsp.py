@@ -16,7 +16,7 @@ import pytest
 import soxr
 from reasam.engines import get
 from reasam.engines.base import Prompt
-from reasam.engines.dsp import DspEngine, _probe_rate
+from reasam.engines.dsp import DspEngine
 from reasam.errors import ReasamError
 from reasam.request import Span
 
@@ -40,7 +40,7 @@ def gain(estimate: np.ndarray, reference: np.ndarray, mixture: np.ndarray) -> fl
 
 
 def fetcher(audio: np.ndarray, rate: int) -> Callable[[Span], np.ndarray]:
-    """A span fetcher over an in-memory source, like the pipeline's (no rate attribute)."""
+    """A span fetcher over an in-memory source, like the pipeline's."""
 
     def fetch(span: Span) -> np.ndarray:
         return audio[:, round(span.start * rate) : round(span.end * rate)].copy()
@@ -51,7 +51,7 @@ def fetcher(audio: np.ndarray, rate: int) -> Callable[[Span], np.ndarray]:
 def run(engine: DspEngine, mixture: np.ndarray, rate: int, prompt: Prompt, quality: str = "balanced",
         chunk_s: float = 30.0) -> np.ndarray:  # fmt: skip
     """Prepare and separate in chunks with their source start times, as the pipeline does."""
-    separation = engine.prepare(prompt, quality, fetcher(mixture, rate))
+    separation = engine.prepare(prompt, quality, fetcher(mixture, rate), rate)
     out = np.zeros_like(mixture)
     step = round(chunk_s * rate)
     for first in range(0, mixture.shape[1], step):
@@ -130,22 +130,15 @@ def test_spans_are_understood_unknown_text_alone_is_not(engine: DspEngine) -> No
 
 def test_unknown_text_without_spans_is_refused_on_prepare(engine: DspEngine) -> None:
     with pytest.raises(ReasamError) as caught:
-        engine.prepare(Prompt("the squeaky door"), "balanced", fetcher(noise(2, RATE), RATE))
+        engine.prepare(Prompt("the squeaky door"), "balanced", fetcher(noise(2, RATE), RATE), RATE)
     assert caught.value.code == "unsupported_prompt"
 
 
 def test_silent_plus_span_is_a_bad_request(engine: DspEngine) -> None:
     audio = np.zeros((2, 3 * RATE), np.float32)
     with pytest.raises(ReasamError) as caught:
-        engine.prepare(Prompt("", (Span("+", 1, 2),)), "balanced", fetcher(audio, RATE))
+        engine.prepare(Prompt("", (Span("+", 1, 2),)), "balanced", fetcher(audio, RATE), RATE)
     assert caught.value.code == "bad_request"
-
-
-@pytest.mark.parametrize("rate", [8000, 22050, 48000, 96000])
-def test_rate_is_read_off_the_fetcher(rate: int) -> None:
-    fetch = fetcher(noise(2, 2 * rate), rate)
-    assert _probe_rate(fetch, ()) == rate
-    assert _probe_rate(fetch, (Span("-", 0.2, 0.5), Span("+", 0.5, 1.2))) == rate
 
 
 # --- shapes, channels, rates, determinism -----------------------------------------------------
@@ -156,7 +149,7 @@ PROMPTS = [Prompt("drums"), Prompt("harmonic"), Prompt("", (Span("+", 0.5, 1.5),
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["drums", "harmonic", "span"])
 @pytest.mark.parametrize("frames", [1, 2, 255, 1001, 44101, 3 * RATE + 7])
 def test_shape_is_exact_for_any_length(engine: DspEngine, prompt: Prompt, frames: int) -> None:
-    separation = engine.prepare(prompt, "fast", fetcher(noise(2, 3 * RATE, seed=1), RATE))
+    separation = engine.prepare(prompt, "fast", fetcher(noise(2, 3 * RATE, seed=1), RATE), RATE)
     audio = noise(2, frames)
     out = separation.separate(audio, 0.25)
     assert out.shape == audio.shape and out.dtype == np.float32
@@ -165,7 +158,7 @@ def test_shape_is_exact_for_any_length(engine: DspEngine, prompt: Prompt, frames
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["drums", "harmonic", "span"])
 def test_silence_gives_silence(engine: DspEngine, prompt: Prompt) -> None:
-    separation = engine.prepare(prompt, "balanced", fetcher(noise(2, 3 * RATE), RATE))
+    separation = engine.prepare(prompt, "balanced", fetcher(noise(2, 3 * RATE), RATE), RATE)
     out = separation.separate(np.zeros((2, RATE + 3), np.float32), 0.0)
     assert out.shape == (2, RATE + 3) and np.all(out == 0)
 
@@ -176,7 +169,7 @@ def test_any_channel_count_gets_one_mask(engine: DspEngine, prompt: Prompt, chan
     """Channels that are scaled copies come back as the same scaled copies: one mask for all."""
     scales = np.linspace(1.0, 0.3, channels, dtype=np.float32)[:, None]
     source = noise(1, 3 * RATE, seed=2) * scales
-    separation = engine.prepare(prompt, "fast", fetcher(source, RATE))
+    separation = engine.prepare(prompt, "fast", fetcher(source, RATE), RATE)
     audio = noise(1, 2 * RATE + 1, seed=3) * scales
     out = separation.separate(audio, 1.0)
     assert out.shape == audio.shape

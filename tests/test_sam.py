@@ -225,7 +225,7 @@ def test_lite_loading_and_extras_per_preset(sam_env, tmp_path):
     engine = sam_env.engine()
     manager = engine.manager
     fetch = no_spans
-    sep = engine.prepare(Prompt("bass"), "fast", fetch)
+    sep = engine.prepare(Prompt("bass"), "fast", fetch, 48000)
     lm = sep.loaded
     assert (
         lm.extras == frozenset() and lm.model.text_ranker is None and not hasattr(lm.model, "span_predictor")
@@ -233,21 +233,21 @@ def test_lite_loading_and_extras_per_preset(sam_env, tmp_path):
     assert lm.model.visual_ranker is None
     assert isinstance(lm.model.vision_encoder, models._VisionStub) and lm.model.vision_encoder.dim == 128
     sep.close()
-    sep = engine.prepare(Prompt("bass"), "balanced", fetch)  # needs ranker + predictor: one reload
+    sep = engine.prepare(Prompt("bass"), "balanced", fetch, 48000)  # needs ranker + predictor: one reload
     assert sep.loaded.extras == {"ranker", "predictor"} and manager.state()["loads"] == 2
     sep.close()
-    sep = engine.prepare(Prompt("bass"), "fast", fetch)  # a fuller model serves a lighter preset
+    sep = engine.prepare(Prompt("bass"), "fast", fetch, 48000)  # a fuller model serves a lighter preset
     assert manager.state()["loads"] == 2
     sep.close()
     # Span-only prompts are neither reranked nor span-predicted.
-    sep = engine.prepare(Prompt("", (Span("+", 0, 1),)), "best", fetch_from(np.zeros((1, 48000))))
+    sep = engine.prepare(Prompt("", (Span("+", 0, 1),)), "best", fetch_from(np.zeros((1, 48000))), 48000)
     assert sep.candidates == 1 and not sep.predict_spans
     sep.close()
 
 
 def test_not_lite_keeps_the_vision_encoder(sam_env):
     engine = sam_env.engine(lite=False)
-    sep = engine.prepare(Prompt("bass"), "fast", no_spans)
+    sep = engine.prepare(Prompt("bass"), "fast", no_spans, 48000)
     assert not isinstance(sep.loaded.model.vision_encoder, models._VisionStub)
     assert sep.loaded.vision_bytes_dropped == 0
     sep.close()
@@ -261,10 +261,10 @@ def test_preset_without_its_ranker_says_so(sam_env, tmp_path):
     folder = write_model_dir(tmp_path / "no-ranker", config=config)
     engine = sam_env.engine(model_path=folder)
     with pytest.raises(ReasamError, match="text ranker") as info:
-        engine.prepare(Prompt("bass"), "balanced", no_spans)
+        engine.prepare(Prompt("bass"), "balanced", no_spans, 48000)
     assert info.value.code == "engine_failed" and "--quality fast" in info.value.message
     assert engine.manager.state()["active_jobs"] == 0
-    engine.prepare(Prompt("bass"), "fast", no_spans).close()  # still usable
+    engine.prepare(Prompt("bass"), "fast", no_spans, 48000).close()  # still usable
 
 
 def test_preset_whose_ranker_cannot_load_says_so(sam_env, tmp_path):
@@ -273,10 +273,10 @@ def test_preset_whose_ranker_cannot_load_says_so(sam_env, tmp_path):
     folder = write_model_dir(tmp_path / "no-clap", "base", unavailable=["clap"])
     engine = sam_env.engine(model_path=folder)
     with pytest.raises(ReasamError, match=r"text ranker.*ImportError.*reranking") as info:
-        engine.prepare(Prompt("bass"), "best", no_spans)
+        engine.prepare(Prompt("bass"), "best", no_spans, 48000)
     assert info.value.code == "engine_failed"
     assert "ImportError" in engine.manager.state()["last_error"]
-    engine.prepare(Prompt("bass"), "fast", no_spans).close()
+    engine.prepare(Prompt("bass"), "fast", no_spans, 48000).close()
 
 
 def test_bad_setting_makes_only_sam_unusable(sam_env, monkeypatch):
@@ -300,7 +300,7 @@ def test_device_and_dtype(sam_env):
         models.resolve_device("tpu9")
     # An fp16 override reaches the model as fp16 input (Batch.to never casts: we do).
     engine = sam_env.engine(dtype="float16")
-    sep = engine.prepare(Prompt("bass"), "fast", no_spans)
+    sep = engine.prepare(Prompt("bass"), "fast", no_spans, 48000)
     out = sep.separate(np.zeros((2, 48000), dtype=np.float32), 0.0)
     assert out.dtype == np.float32 and sep.loaded.model.calls[-1]["dtype"] == torch.float16
     sep.close()
@@ -346,7 +346,7 @@ def test_settings_from_env():
 )
 def test_text_prompt_and_preset_mapping(sam_env, quality, candidates, predict, nfe):
     engine = sam_env.engine()
-    sep = engine.prepare(Prompt("bass"), quality, no_spans)
+    sep = engine.prepare(Prompt("bass"), quality, no_spans, 48000)
     audio = np.zeros((1, 48000), dtype=np.float32)
     sep.separate(audio, 0.0)
     call = sep.loaded.model.calls[-1]
@@ -380,7 +380,7 @@ def test_spans_become_anchors_relative_to_each_call(sam_env):
     engine = sam_env.engine()
     audio = np.zeros((2, 10 * 48000), dtype=np.float32)
     spans = (Span("+", 12.0, 13.0), Span("-", 15.02, 15.5))
-    sep = engine.prepare(Prompt("dog", spans), "fast", fetch_from(np.zeros((2, 20 * 48000))))
+    sep = engine.prepare(Prompt("dog", spans), "fast", fetch_from(np.zeros((2, 20 * 48000))), 48000)
     sep.separate(audio, 9.5)  # the call covers source 9.5 .. 19.5 s
     call = sep.loaded.model.calls[-1]
     (s1, a1, b1), (s2, a2, b2) = call["anchors"][0]  # batch item 0
@@ -404,7 +404,7 @@ def test_anchor_rounding_is_exact_on_frame_boundaries():
 
 def test_output_is_trimmed_to_the_input(sam_env):
     engine = sam_env.engine()
-    sep = engine.prepare(Prompt("everything"), "fast", no_spans)
+    sep = engine.prepare(Prompt("everything"), "fast", no_spans, 48000)
     n = 48000 + 123  # not a multiple of 1920
     x = np.random.default_rng(0).standard_normal((2, n)).astype(np.float32) * 0.1
     y = sep.separate(x, 0.0)
@@ -585,7 +585,7 @@ def test_out_of_memory_with_candidates_suggests_fast(sam_env, tmp_path):
 
     folder = write_model_dir(tmp_path / "oom-small", "small", oom_above_seconds=10.0)
     engine = sam_env.engine(model_path=folder, variant="small")
-    sep = engine.prepare(Prompt("bass"), "balanced", no_spans)
+    sep = engine.prepare(Prompt("bass"), "balanced", no_spans, 48000)
     with pytest.raises(ReasamError, match="--quality fast") as info:
         sep.separate(np.zeros((1, 6 * 48000), dtype=np.float32), 0.0)  # 6 s x 4 candidates > 10
     assert "try variant" not in info.value.message  # small is the smallest

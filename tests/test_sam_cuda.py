@@ -60,13 +60,13 @@ def test_out_of_memory_gives_memory_back(sam_env, tmp_path):
 
     folder = write_model_dir(tmp_path / "oom", "large", oom_above_seconds=2.0)
     engine = sam_env.engine(model_path=folder, variant="large", device="cuda")
-    sep = engine.prepare(Prompt("bass"), "fast", no_spans)
+    sep = engine.prepare(Prompt("bass"), "fast", no_spans, 48000)
     before = torch.cuda.memory_allocated()
     with pytest.raises(ReasamError) as info:
         sep.separate(np.zeros((2, 20 * 48000), dtype=np.float32), 0.0)
     assert info.value.code == "out_of_memory" and "try variant" in info.value.message
     assert torch.cuda.memory_allocated() <= before + 1_000_000
-    sep = engine.prepare(Prompt("bass"), "fast", no_spans)
+    sep = engine.prepare(Prompt("bass"), "fast", no_spans, 48000)
     out = sep.separate(np.zeros((2, 48000), dtype=np.float32), 0.0)
     assert out.shape == (2, 48000)
     sep.close()

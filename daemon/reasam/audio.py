@@ -148,6 +148,12 @@ class SourceReader:
         self._frames = self._file.frames
         self._pos = 0
 
+    def covers(self, start: int, frames: int) -> bool:
+        """Whether [start, start+frames) lies in what this reader can read from the source."""
+        if self._tmpdir is None:
+            return True
+        return start >= self._offset and start + frames <= self._offset + self._frames
+
     def read(self, start: int, frames: int) -> np.ndarray:
         """Frames [start, start+frames) of the source as (channels, frames) float32."""
         out = np.zeros((self.info.channels, frames), dtype=np.float32)

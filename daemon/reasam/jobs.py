@@ -1003,7 +1003,7 @@ class ResultCache:
         self, key: str, request: Request, job_id: str, job_dir: Path, cancelled: Callable[[], bool]
     ) -> Any | None:
         """Materialize a hit into `job_dir` (stems copied, a manifest of its own); None on a miss."""
-        from .pipeline import Result, Stem, slug
+        from .pipeline import Result, Stem, stem_files, stem_name
 
         started = time.monotonic()
         with self._lock:
@@ -1027,16 +1027,14 @@ class ResultCache:
             self.hits += 1
         if cancelled():
             raise JobCancelled(job_id)
-        fmt = request.output.format
-        name = slug(request.target_name)
-        names = {"target": f"{name}.{fmt}", "residual": f"{name}-residual.{fmt}"}
+        finals = stem_files(request, job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
         stems: list[Stem] = []
         published: list[Path] = []
         try:
             for stored in entry["stems"]:
                 role = stored["role"]
-                final = job_dir / names[role]
+                final = finals[role]
                 temp = audio.temp_name(final)
                 try:
                     shutil.copyfile(entry_dir / stored["file"], temp)
@@ -1046,7 +1044,7 @@ class ResultCache:
                 published.append(final)
                 stems.append(
                     Stem(
-                        request.target_name if role == "target" else f"{request.target_name} residual",
+                        stem_name(request, role),
                         role,
                         final.resolve(),
                         stored["channels"],

@@ -252,34 +252,27 @@ def _pairs(
 
 
 class ModelBridge:
-    """Keep-alive, preload and the ping's device/model_state, through `reasam.models` if present.
+    """Keep-alive, preload and the ping's device/model_state.
 
-    Assumed of `reasam.models` (every use guarded, so the daemon works without it): a
-    `ModelManager(SamSettings)` with `release_idle()`, `state()` (dict) and `state_line()`;
-    `SamSettings.from_env()` with a `keep_alive_minutes` field; and `set_default_manager()`,
-    which must run before the SAM engine is first created (it captures the default manager), so
-    `configure()` is called before the daemon accepts requests. Without the module, the embedded
-    engines' state is reported.
+    The SAM engine captures the default model manager when it is created, so `configure()`
+    must run before the daemon accepts requests. A bad SAM setting leaves the manager's
+    defaults in place rather than stopping the daemon: the embedded engines still serve.
     """
 
-    def __init__(self, keep_alive: float) -> None:
+    def __init__(self, keep_alive: float, quality: str = "balanced") -> None:
         self.keep_alive = keep_alive
+        self.quality = quality
         self.manager: Any = None
         self.loading = False
         self._engine_names: list[str] | None = None
 
     def configure(self) -> None:
         """Give the SAM model manager the daemon's keep-alive (config file / env / flag)."""
-        try:
-            from . import models
-        except ImportError:
-            return
-        except Exception:
-            log.exception("reasam.models failed to import; SAM keep-alive not configured")
-            return
-        try:
-            import dataclasses
+        import dataclasses
 
+        from . import models
+
+        try:
             sam_settings = dataclasses.replace(
                 models.SamSettings.from_env(), keep_alive_minutes=self.keep_alive
             )
@@ -287,8 +280,7 @@ class ModelBridge:
             models.set_default_manager(self.manager)
         except Exception as exc:
             log.warning("SAM model manager not configured (%s); using its defaults", exc)
-            with contextlib.suppress(Exception):
-                self.manager = models.default_manager()
+            self.manager = models.default_manager()
 
     def tick(self) -> None:
         """Between jobs and when idle: unload a model idle for longer than the keep-alive."""
@@ -310,10 +302,8 @@ class ModelBridge:
                 name = preload_engine if preload_engine != "auto" else (names[0] if names else None)
                 if name is not None:
                     started = time.monotonic()
-                    if self._preload(engines.get(name)):
-                        log.info("preloaded %s in %.2f s", name, time.monotonic() - started)
-                    else:
-                        log.info("engine %s has no preload hook; it loads on first use", name)
+                    engines.get(name).warm(self.quality)
+                    log.info("preloaded %s in %.2f s", name, time.monotonic() - started)
         except Exception:
             log.exception("preloading failed; models load on first use")
         finally:
@@ -329,20 +319,6 @@ class ModelBridge:
             except Exception as exc:
                 log.info("engine %s not usable: %s", name, exc)
         return names
-
-    @staticmethod
-    def _preload(engine: Any) -> bool:
-        """Load an engine's weights now; False if it offers no way to (the Engine interface has
-        no warm-up method, so the known hooks are tried: SAM's manager, spleeter's loader)."""
-        manager = getattr(engine, "manager", None)
-        if manager is not None and callable(getattr(manager, "acquire", None)):
-            manager.acquire().release()  # SAM: load, then let keep-alive decide
-            return True
-        for hook in ("warm", "load", "loaded", "model"):
-            if callable(getattr(engine, hook, None)):
-                getattr(engine, hook)()
-                return True
-        return False
 
     def engine_names(self) -> list[str]:
         if self._engine_names is None:
@@ -362,17 +338,13 @@ class ModelBridge:
             engine = engines.get(name)
             device = str(engine.capabilities.device)
             manager = getattr(engine, "manager", None)
-            if manager is not None and callable(getattr(manager, "state_line", None)):
+            if manager is not None:
                 with contextlib.suppress(Exception):
                     device = str(manager.state().get("device") or device)
-                try:
-                    parts.append(f"{name} {manager.state_line()}")
-                except Exception as exc:
-                    parts.append(f"{name} unknown ({exc})")
-            elif hasattr(engine, "_model"):
-                parts.append(f"{name} {'loaded' if engine._model is not None else 'not loaded'}")
-            else:
-                parts.append(f"{name} ready")
+            try:
+                parts.append(f"{name} {engine.state()}")
+            except Exception as exc:
+                parts.append(f"{name} unknown ({exc})")
             if device not in devices:
                 devices.append(device)
         if self.loading:
@@ -825,7 +797,7 @@ def serve(settings: config.Settings) -> int:
         sock = _bind(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
         cache = ResultCache(settings.cache_dir, settings.cache_mb << 20) if settings.cache_mb > 0 else None
-        bridge = ModelBridge(settings.keep_alive)
+        bridge = ModelBridge(settings.keep_alive, settings.quality)
         bridge.configure()  # before any engine exists: the SAM engine captures the manager
         manager = JobManager(settings.journal_path, cache, settings.queue_limit, after_job=bridge.tick)
         server = Server(sock, settings, manager, token, bridge)

@@ -77,6 +77,20 @@ def slug(text: str) -> str:
     return s[:60].rstrip("-") or "target"
 
 
+ROLES = ("target", "residual")
+
+
+def stem_name(request: Request, role: str) -> str:
+    """The stem's name in the manifest: the prompt, and "<prompt> residual"."""
+    return request.target_name if role == "target" else f"{request.target_name} residual"
+
+
+def stem_files(request: Request, job_dir: Path) -> dict[str, Path]:
+    """Where a job's stems go: `<prompt-slug>.<fmt>` and `<prompt-slug>-residual.<fmt>`."""
+    name, fmt = slug(request.target_name), request.output.format
+    return {"target": job_dir / f"{name}.{fmt}", "residual": job_dir / f"{name}-residual.{fmt}"}
+
+
 def _no_progress(fraction: float, stage: str) -> None:
     return None
 
@@ -115,15 +129,21 @@ class _Separator:
         self.reader = reader
         self.max_span_frames = int(caps.max_seconds * source_rate)
         self.separations: list[Separation] = [
-            engine.prepare(prompt, quality, self._span_fetcher(group)) for group in self.groups
+            engine.prepare(prompt, quality, self._span_fetcher(group), self.engine_rate)
+            for group in self.groups
         ]
 
     def _span_fetcher(self, group: list[int]) -> Callable[[Span], np.ndarray]:
         def fetch(span: Span) -> np.ndarray:
             first = round(span.start * self.rate)
             last = min(round(span.end * self.rate), first + self.max_span_frames, self.reader.info.frames)
-            data = self.reader.read(first, max(last - first, 1))[group]
-            return audio.resample(data, self.rate, self.engine_rate)
+            frames = max(last - first, 1)
+            if self.reader.covers(first, frames):
+                data = self.reader.read(first, frames)
+            else:  # an ffmpeg-decoded source holds only the region: decode the span on its own
+                with audio.SourceReader(self.reader.info, first, first + frames) as span_reader:
+                    data = span_reader.read(first, frames)
+            return audio.resample(data[group], self.rate, self.engine_rate)
 
         return fetch
 
@@ -220,7 +240,8 @@ def run(
     first, last = resolve_region(request, info)
     _check_spans(request, info)
     engine = engines.choose(request.engine, request.prompt, request.spans)
-    text = engine.canonical_prompt(request.prompt) if request.prompt else ""
+    # Engines that take spans may not know the text: it then only names the target.
+    text = (engine.canonical_prompt(request.prompt) or request.prompt.lower()) if request.prompt else ""
     audio.ensure_writable_dir(job_dir)
 
     rate = info.sample_rate
@@ -231,8 +252,7 @@ def run(
     fmt = request.output.format
     bit_depth = request.output.resolved_bit_depth
     post = request.output.post
-    name = slug(request.target_name)
-    finals = {"target": job_dir / f"{name}.{fmt}", "residual": job_dir / f"{name}-residual.{fmt}"}
+    finals = stem_files(request, job_dir)
     for final in finals.values():
         if final.exists():
             raise ReasamError("bad_request", f"{final}: already exists; choose another output folder")
@@ -280,9 +300,10 @@ def run(
                         block = block.mean(axis=0, keepdims=True)
                     writers[role].write(resamplers[role].push(block, last=chunk.last))
                 progress(0.05 + 0.85 * chunk.emit_end / total, "separating")
+            if cancelled():  # a cancel during the last chunk still wins over publishing
+                raise JobCancelled(job_id)
             stems = []
             for role, writer in writers.items():
-                stem_name = request.target_name if role == "target" else f"{request.target_name} residual"
                 if post.active:
                     stage = writer.close_unpublished()
                     try:
@@ -301,7 +322,7 @@ def run(
                         stage.unlink(missing_ok=True)
                     start_s = region_start + lo / out_rate
                     stem = Stem(
-                        stem_name,
+                        stem_name(request, role),
                         role,
                         finals[role].resolve(),
                         out_channels,
@@ -313,7 +334,7 @@ def run(
                 else:
                     writer.commit()
                     stem = Stem(
-                        stem_name,
+                        stem_name(request, role),
                         role,
                         finals[role].resolve(),
                         out_channels,

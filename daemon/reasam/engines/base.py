@@ -85,8 +85,20 @@ class Engine(ABC):
         return self.capabilities.spans or not spans
 
     @abstractmethod
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher) -> Separation:
-        """Prepare a prompt (load weights, learn span profiles) before the first chunk."""
+    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+        """Prepare a prompt (load weights, learn span profiles) before the first chunk.
+
+        `sample_rate` is the rate of every call's audio: the engine's native rate, or the
+        source's for engines that take any rate.
+        """
+
+    def warm(self, quality: str = "balanced") -> None:
+        """Load what jobs of `quality` need now, so the first job does not pay for it."""
+        return None
+
+    def state(self) -> str:
+        """One line on what is in memory, for the daemon's ping; weightless engines are "ready"."""
+        return "ready"
 
     def describe(self) -> dict:
         """A plain summary for `reasam engines` and the daemon's ping."""

@@ -476,23 +476,6 @@ def _learn_span_model(
     return w[:, :kt], background
 
 
-def _probe_rate(fetch_span: SpanFetcher, spans: tuple[Span, ...]) -> int:
-    """The rate of the calls, read off a fetched span when the caller does not say it."""
-    rate = getattr(fetch_span, "sample_rate", None)
-    if isinstance(rate, int) and rate > 0:
-        return rate
-    probe = next((s for s in spans if s.positive), Span("-", 0.0, 0.05))
-    try:
-        frames = np.asarray(fetch_span(probe)).shape[-1]
-    except ReasamError:
-        return 44100
-    estimate = frames / (probe.end - probe.start)
-    for common in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000):
-        if abs(estimate - common) <= 0.01 * common:
-            return common
-    return round(estimate) if estimate >= 8000 else 44100
-
-
 class DspEngine(Engine):
     """HPSS for drums/harmonic prompts and NMF templates for span prompts; no weights."""
 
@@ -515,12 +498,10 @@ class DspEngine(Engine):
             return True
         return bool(text) and not spans and self.canonical_prompt(text) is not None
 
-    def prepare(
-        self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int | None = None
-    ) -> Separation:
-        """Learn span templates, or set up HPSS; `sample_rate` is probed when not given."""
+    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+        """Learn span templates, or set up HPSS."""
         settings = settings_for(quality)
-        rate = sample_rate or _probe_rate(fetch_span, prompt.spans)
+        rate = sample_rate
         if any(s.positive for s in prompt.spans):
             target, background = _learn_span_model(prompt.spans, fetch_span, settings, rate)
             negative = tuple(s for s in prompt.spans if not s.positive)

