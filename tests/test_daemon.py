@@ -553,6 +553,16 @@ def test_send_cli_outcomes(daemon: Daemon, short_wav: Path) -> None:
         timeout=30,
     )
     assert nobody.returncode == 3 and "no answer" in nobody.stderr
+    # --timeout caps the retries (6 doubling retries alone would wait ~19 s): scripts rely on it.
+    started = time.monotonic()
+    quick = subprocess.run(
+        [PYTHON, "-m", "reasam.cli", "ping", "--port", "9", "--timeout", "1"],
+        env=clean_env(daemon.home),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert quick.returncode == 3 and time.monotonic() - started < 10
 
 
 # ---------------------------------------------------------------------------------------------

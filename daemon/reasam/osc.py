@@ -872,11 +872,18 @@ class Client:
     """A UDP OSC client with retries. Requests are idempotent, so resending is always safe."""
 
     def __init__(
-        self, host: str, port: int, token: str | None, retries: int = 6, interval: float = 0.3
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        retries: int = 6,
+        interval: float = 0.3,
+        timeout: float = 0.0,
     ) -> None:
         self.addr = (host, port)
         self.token = token
         self.retries = retries
+        self.timeout = timeout  # caps the whole retry sequence of one request (0: no cap)
         self.interval = interval
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -923,9 +930,12 @@ class Client:
     ) -> tuple[str, list[Any]]:
         """Send and wait for a reply `accept` takes, resending with doubling waits."""
         wait = self.interval
+        give_up = time.monotonic() + self.timeout if self.timeout > 0 else float("inf")
         for _ in range(self.retries):
+            if time.monotonic() >= give_up:
+                break
             self.send(address, *args)
-            deadline = time.monotonic() + wait
+            deadline = min(time.monotonic() + wait, give_up)
             while (left := deadline - time.monotonic()) > 0:
                 reply = self.receive(left)
                 if reply is not None and accept(*reply):
@@ -1129,7 +1139,13 @@ def _client(args: argparse.Namespace) -> Client:
     )
     if settings.port == 0:
         raise ReasamError("bad_request", "the client needs the daemon's port (--port)")
-    return Client(host, settings.port, config.client_token(settings), retries=max(1, args.retries))
+    return Client(
+        host,
+        settings.port,
+        config.client_token(settings),
+        retries=max(1, args.retries),
+        timeout=getattr(args, "timeout", 0.0) or 0.0,
+    )
 
 
 def _print(body: dict[str, Any]) -> None:
