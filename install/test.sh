@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine and run it:
-# system packages (Lua 5.4 + busted + luacheck, liblo's oscsend/oscdump, ffmpeg, sox,
-# fluidsynth + a GM soundfont, espeak-ng, drum samples, inotify-tools), the Python package with
-# its test extras, then pytest (which also runs the Lua specs and luacheck).
+# system packages (python3-venv, Lua 5.4 + LuaSocket + busted + luacheck, liblo's
+# oscsend/oscdump, ffmpeg, fluidsynth + a GM soundfont, espeak-ng, sonic-pi drum samples), the
+# Python package with its test extras, then ruff and pytest (which also runs the Lua specs and
+# luacheck).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PACKAGES="lua5.4 lua-socket lua-busted lua-check liblo-tools ffmpeg sox libsox-fmt-all fluidsynth
-  timgm6mb-soundfont espeak-ng sonic-pi-samples inotify-tools"
+APT_PACKAGES="python3-venv lua5.4 lua-socket lua-busted lua-check liblo-tools ffmpeg fluidsynth
+  timgm6mb-soundfont espeak-ng sonic-pi-samples"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

@@ -123,8 +123,11 @@ def test_runtime_errors_exit_1_and_leave_nothing(tmp_path: Path, unwritable_dir:
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    proc = reasam("--debug", "separate", str(tmp_path / "missing.wav"), "-p", "drums", "--out", str(tmp_path))
-    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    missing = str(tmp_path / "missing.wav")
+    for args in (("--debug", "separate", missing), ("separate", missing, "--debug")):
+        proc = reasam(*args, "-p", "drums", "--out", str(tmp_path / "out"))
+        assert proc.returncode == 1 and "Traceback" in proc.stderr, args
+    assert not (tmp_path / "out").exists(), "a missing input must not create the output folder"
 
 
 def test_engines_lists_prompts() -> None:

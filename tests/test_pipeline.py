@@ -292,3 +292,26 @@ def test_existing_stems_are_never_overwritten(tmp_path: Path) -> None:
         pipeline.run(Request(src, "drums", engine="dsp"), job, "job")
     assert (job / "drums.wav").read_bytes() == b"mine"
     assert _listing(job) == ["drums.wav"]
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "wav"])
+def test_truncated_files_fail_cleanly(tmp_path: Path, fmt: str) -> None:
+    """Half of a file: an error naming the problem, or (WAV, whose length is the data) the part
+    that is there; never stems padded with invented silence, and never a half job."""
+    full = _write(
+        tmp_path / f"full.{fmt}", _tone_bed(2, 44100 * 4, 44100), 44100, fmt, None if fmt == "mp3" else 16
+    )
+    data = full.read_bytes()
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(data[: len(data) // 2])
+    try:
+        result = _run(tmp_path, Request(cut, "drums", engine="dsp"))
+    except ReasamError as err:
+        assert err.code == "unsupported_format"
+        assert "truncated" in err.message or "corrupt" in err.message
+        assert _listing(tmp_path / "out") in ([], ["job"])
+    else:
+        assert fmt == "wav"
+        stems = _stems(result)
+        assert stems["target"].shape[1] < 44100 * 3
+        assert np.abs(stems["target"] + stems["residual"] - audio.read_region(cut)[0]).max() < 1e-4

@@ -41,6 +41,9 @@ _SUBTYPES = {
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _WAV_LIMIT = 4_000_000_000  # bytes; larger float WAVs are written as RF64
 RESAMPLE_QUALITY = "HQ"
+# Frames a decoder may deliver short of the length a header announced (MP3 padding estimates)
+# before the file counts as truncated rather than being silently padded with zeros.
+_SHORT_READ_TOLERANCE = 4096
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,13 @@ class SourceReader:
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise ReasamError("unsupported_format", f"{self.info.path}: corrupt audio ({exc})") from None
             got = data.shape[0]
+            if got < hi - lo - _SHORT_READ_TOLERANCE:
+                raise ReasamError(
+                    "unsupported_format",
+                    f"{self.info.path}: truncated or corrupt: audio ends at "
+                    f"{(self._offset + lo + got) / self.info.sample_rate:.3f} s, its header says "
+                    f"{self.info.duration:.3f} s",
+                )
             self._pos = lo + got
             dst = lo - (start - self._offset)
             out[:, dst : dst + got] = data.T
@@ -331,6 +341,24 @@ def write_text(final: Path, text: str, replace: bool = False) -> None:
         temp.unlink(missing_ok=True)
 
 
+def check_output(fmt: str, sample_rate: int, channels: int) -> None:
+    """Fail early, with a usable hint, when a format cannot hold the stems as asked."""
+    if fmt == "mp3":
+        if channels > 2:
+            raise ReasamError(
+                "bad_request",
+                f"mp3 holds at most 2 channels, the stem has {channels}; use wav or flac, or ask for mono",
+            )
+        if sample_rate not in MP3_RATES:
+            raise ReasamError(
+                "bad_request",
+                f"mp3 cannot hold {sample_rate} Hz; use wav or flac, "
+                "or set an output sample rate of 48000 or less",
+            )
+    if fmt == "flac" and (sample_rate > 655350 or channels > 8):
+        raise ReasamError("bad_request", f"flac cannot hold {channels} channels at {sample_rate} Hz")
+
+
 class AudioWriter:
     """Streams (channels, frames) blocks to a temporary file; `commit` publishes it.
 
@@ -350,21 +378,7 @@ class AudioWriter:
         self.final = final
         if final.exists():
             raise ReasamError("internal", f"{final}: already exists; not overwritten")
-        if fmt == "mp3":
-            if channels > 2:
-                raise ReasamError(
-                    "bad_request",
-                    f"mp3 holds at most 2 channels, the stem has {channels}; "
-                    "use wav or flac, or ask for mono",
-                )
-            if sample_rate not in MP3_RATES:
-                raise ReasamError(
-                    "bad_request",
-                    f"mp3 cannot hold {sample_rate} Hz; use wav or flac, "
-                    "or set an output sample rate of 48000 or less",
-                )
-        if fmt == "flac" and sample_rate > 655350:
-            raise ReasamError("bad_request", f"flac cannot hold {sample_rate} Hz")
+        check_output(fmt, sample_rate, channels)
         container = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}[fmt]
         if fmt == "wav" and expected_frames * channels * 4 > _WAV_LIMIT:
             container = "RF64"

@@ -120,9 +120,10 @@ def _cmd_separate(args: argparse.Namespace) -> int:
             ),
         ),
     )
-    root = args.out.expanduser().absolute()
-    from .audio import ensure_writable_dir
+    from .audio import ensure_writable_dir, probe
 
+    probe(request.source)  # a mistyped input must not leave an empty output folder behind
+    root = args.out.expanduser().absolute()
     ensure_writable_dir(root)
     job_dir = _new_job_dir(
         root, args.job_id or f"{pipeline.slug(args.input.stem)}-{pipeline.slug(request.target_name)}"
@@ -398,7 +399,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in _COMMANDS:
         add(sub)
+    _accept_debug_anywhere(parser)
     return parser
+
+
+def _accept_debug_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Let `--debug` follow the subcommand too (`reasam separate x.wav --debug`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--debug" in a.option_strings for a in child._actions):
+                    child.add_argument(
+                        "--debug",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="print tracebacks on errors",
+                    )
+                _accept_debug_anywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

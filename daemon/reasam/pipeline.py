@@ -10,6 +10,7 @@ are emitted as soon as they are final, so memory stays bounded by one chunk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -75,9 +76,6 @@ def slug(text: str) -> str:
     """A file-name-safe version of a prompt: "Lead Vocal!" → "lead-vocal"."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return s[:60].rstrip("-") or "target"
-
-
-ROLES = ("target", "residual")
 
 
 def stem_name(request: Request, role: str) -> str:
@@ -253,9 +251,12 @@ def run(
     bit_depth = request.output.resolved_bit_depth
     post = request.output.post
     finals = stem_files(request, job_dir)
-    for final in finals.values():
+    manifest_path = job_dir / "manifest.json"
+    for final in (*finals.values(), manifest_path):
         if final.exists():
             raise ReasamError("bad_request", f"{final}: already exists; choose another output folder")
+    # Refuse what the output format cannot hold before any model work, not after it.
+    audio.check_output(fmt, out_rate, out_channels)
 
     caps = engine.capabilities
     chunk_frames = int(min(caps.chunk_seconds, caps.max_seconds - 2 * _CONTEXT_SECONDS) * rate)
@@ -265,21 +266,24 @@ def run(
 
     region_start, region_end = first / rate, last / rate
     published: list[Path] = []
-    with audio.SourceReader(info, first - context, last + context) as reader:
+    with audio.SourceReader(info, first - context, last + context) as reader, contextlib.ExitStack() as stack:
         progress(0.02, "preparing")
         separator = _Separator(
             engine, Prompt(text, request.spans, request.output.stereo), request.quality, reader, rate
         )
         # Without post-processing the first pass writes the final files directly; with it, the
         # first pass writes float temporaries that the second pass reads back and finishes.
+        # Each writer removes its temporary file unless committed (AudioWriter.__exit__).
         writers = {
-            role: audio.AudioWriter(
-                final,
-                out_rate,
-                out_channels,
-                "wav" if post.active else fmt,
-                32 if post.active else bit_depth,
-                out_total,
+            role: stack.enter_context(
+                audio.AudioWriter(
+                    final,
+                    out_rate,
+                    out_channels,
+                    "wav" if post.active else fmt,
+                    32 if post.active else bit_depth,
+                    out_total,
+                )
             )
             for role, final in finals.items()
         }
@@ -321,55 +325,45 @@ def run(
                     finally:
                         stage.unlink(missing_ok=True)
                     start_s = region_start + lo / out_rate
-                    stem = Stem(
+                    end_s = start_s + frames / out_rate
+                else:
+                    writer.commit()
+                    frames, start_s, end_s, report = out_total, region_start, region_end, {}
+                published.append(finals[role])
+                stems.append(
+                    Stem(
                         stem_name(request, role),
                         role,
                         finals[role].resolve(),
                         out_channels,
                         frames,
                         start_s,
-                        start_s + frames / out_rate,
+                        end_s,
                         report,
                     )
-                else:
-                    writer.commit()
-                    stem = Stem(
-                        stem_name(request, role),
-                        role,
-                        finals[role].resolve(),
-                        out_channels,
-                        out_total,
-                        region_start,
-                        region_end,
-                    )
-                published.append(finals[role])
-                stems.append(stem)
+                )
                 progress(0.9 + 0.05 * len(stems), "writing")
+            manifest = {
+                "job_id": job_id,
+                "request": request.as_dict(),
+                "engine": caps.name,
+                "model": caps.model or caps.name,
+                "version": __version__,
+                "sample_rate": out_rate,
+                "stems": [s.as_dict() for s in stems],
+                "prompt": text,
+                "quality": request.quality,
+                "source_sample_rate": rate,
+                "source_channels": info.channels,
+                "sum_rule": not post.active and fmt == "wav" and bit_depth == 32,
+                "post": post.as_dict(),
+                "seconds": round(time.monotonic() - started, 3),
+            }
+            audio.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
         except BaseException:
-            for writer in writers.values():
-                writer.abort()
             # Stems this job already published are its own partial output: remove them too.
             for path in published:
                 path.unlink(missing_ok=True)
             raise
-
-    manifest = {
-        "job_id": job_id,
-        "request": request.as_dict(),
-        "engine": caps.name,
-        "model": caps.model or caps.name,
-        "version": __version__,
-        "sample_rate": out_rate,
-        "stems": [s.as_dict() for s in stems],
-        "prompt": text,
-        "quality": request.quality,
-        "source_sample_rate": rate,
-        "source_channels": info.channels,
-        "sum_rule": not post.active and fmt == "wav" and bit_depth == 32,
-        "post": post.as_dict(),
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    manifest_path = job_dir / "manifest.json"
-    audio.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     progress(1.0, "done")
     return Result(job_id, manifest_path.resolve(), stems, manifest)
