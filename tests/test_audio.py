@@ -212,3 +212,45 @@ def test_written_float_wav_is_float(tmp_path: Path) -> None:
     assert info.subtype == "FLOAT"
     y, _ = audio.read_region(tmp_path / "f.wav")
     assert np.abs(y).max() > 1.0, "float stems must not clip"
+
+
+def _burst_at(frames: int, rate: int, at: int) -> np.ndarray:
+    """Silence with one short 3 kHz burst centred on frame `at`: a landmark for alignment."""
+    x = np.zeros((2, frames), np.float32)
+    n = np.arange(400)
+    x[:, at - 200 : at + 200] = 0.8 * np.hanning(400) * np.sin(2 * np.pi * 3000 * n / rate)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("ext", "codec"),
+    [("mp3", None), ("ogg", ["-c:a", "libvorbis"]), ("opus", ["-c:a", "libopus"]), ("m4a", ["-c:a", "aac"])],
+)
+def test_compressed_region_reads_line_up_to_the_sample(
+    tmp_path: Path, ext: str, codec: list[str] | None
+) -> None:
+    """Decoder delay (MP3/AAC priming, Opus pre-skip) must not shift a region read."""
+    rate, at = 48000, 120000
+    x = _burst_at(rate * 4, rate, at)
+    out = tmp_path / f"x.{ext}"
+    if codec is None:
+        audio.write_audio(out, x, rate, ext, None)
+    else:
+        src = tmp_path / "src.wav"
+        audio.write_audio(src, x, rate, "wav", 24)
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(src), *codec, "-b:a", "192k", str(out)], check=True
+        )
+    y, _ = audio.read_region(out, 1.0, 3.0)
+    ref = x[0, rate : 3 * rate]
+    window = slice(at - rate - 1000, at - rate + 1000)
+    corr = np.correlate(y[0, window], ref[window], "full")
+    assert int(np.argmax(corr)) - (window.stop - window.start - 1) == 0
+
+
+def test_32_bit_integer_input(tmp_path: Path) -> None:
+    x = _signal(2, 44100, 44100)
+    path = tmp_path / "pcm32.wav"
+    sf.write(str(path), x.T, 44100, subtype="PCM_32")
+    y, rate = audio.read_region(path)
+    assert rate == 44100 and np.abs(y - x).max() < 1e-7

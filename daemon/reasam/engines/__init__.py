@@ -30,11 +30,6 @@ SAM_HINT = (
 )
 
 
-def register(name: str, factory: str) -> None:
-    """Add an engine by 'module:Class'; the SAM engine registers itself here."""
-    _FACTORIES[name] = factory
-
-
 def names() -> list[str]:
     return list(_FACTORIES)
 

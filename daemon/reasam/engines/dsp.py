@@ -115,8 +115,8 @@ _PROMPTS = {
 
 
 def settings_for(quality: str) -> Settings:
-    """The preset for a quality name; unknown names fall back to balanced."""
-    return _PRESETS.get(quality, _PRESETS["balanced"])
+    """The preset for a quality name (validated by the request)."""
+    return _PRESETS[quality]
 
 
 # --- STFT with exact reconstruction -------------------------------------------------------

@@ -40,7 +40,6 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,7 +70,6 @@ MASK_FFT = 2048
 MASK_HOP = 512
 MASK_POWER = 2.0
 MASK_EPS = 1e-12
-STEREO_MODES = ("mask", "mono")
 STAT_KEYS = ("calls", "prefixed_calls", "oom_retries", "model_seconds", "mask_seconds")
 
 
@@ -400,7 +398,6 @@ class SamEngine(Engine):
             device=device,
             model=model,
         )
-        self.last_separation: Callable[[], _SamSeparation | None] = lambda: None
         self.totals = dict.fromkeys(STAT_KEYS, 0.0)
 
     def unavailable_reason(self) -> str | None:
@@ -440,11 +437,7 @@ class SamEngine(Engine):
             raise ReasamError("bad_request", self._settings_error)
         if quality not in PRESETS:
             raise ReasamError("bad_request", f"quality must be one of {', '.join(PRESETS)}, got {quality!r}")
-        stereo = getattr(prompt, "stereo", "mask")
-        if stereo not in STEREO_MODES:
-            raise ReasamError(
-                "bad_request", f"stereo must be one of {', '.join(STEREO_MODES)}, got {stereo!r}"
-            )
+        stereo = prompt.stereo
         if not prompt.text and not any(s.positive for s in prompt.spans):
             raise ReasamError("unsupported_prompt", "SAM-Audio needs a text prompt or a + span")
         candidates, predict, extras = _needs(quality, bool(prompt.text), bool(prompt.spans))
@@ -455,7 +448,6 @@ class SamEngine(Engine):
         except BaseException:
             lease.release()
             raise
-        self.last_separation = weakref.ref(separation)
         return separation
 
     @staticmethod
