@@ -49,7 +49,7 @@ def make_input(path: Path, seconds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", default="30,180,1800")
+    parser.add_argument("--lengths", default="30,180,1800,3600")
     parser.add_argument("--engines", default="spleeter:vocals,dsp:drums,dsp:+10:11")
     args = parser.parse_args()
     lengths = [int(s) for s in args.lengths.split(",")]
