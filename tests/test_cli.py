@@ -138,6 +138,9 @@ def test_engines_lists_prompts() -> None:
     assert rows["dsp"]["spans"] and "drums" in rows["dsp"]["prompts"]
     text = reasam("engines").stdout
     assert "spleeter" in text and "+/- time spans" in text
+    assert rows["spleeter"]["state"] == "not loaded"
+    loaded = {r["name"]: r for r in json.loads(reasam("engines", "--load", "--json").stdout)}
+    assert loaded["spleeter"]["state"] == "loaded" and loaded["dsp"]["state"] == "ready"
 
 
 def test_example_then_separate_like_the_readme(tmp_path: Path) -> None:

@@ -192,13 +192,29 @@ class _ProgressBar:
 def _add_engines(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engines", help="list engines, their devices and the prompts they understand")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--load",
+        action="store_true",
+        help="load each usable engine's model first, to report its load time, device, dtype and memory",
+    )
+    p.add_argument(
+        "--quality",
+        default="balanced",
+        choices=("fast", "balanced", "best"),
+        help="with --load: load what this preset needs (SAM rankers / span predictor)",
+    )
     p.set_defaults(func=_cmd_engines)
 
 
 def _cmd_engines(args: argparse.Namespace) -> int:
     from . import engines
 
-    rows = [engines.get(name).describe() for name in engines.names()]
+    if args.load:
+        for name in engines.names():
+            engine = engines.get(name)
+            if engine.unavailable_reason() is None:
+                engine.warm(args.quality)
+    rows = [dict(engines.get(name).describe(), state=engines.get(name).state()) for name in engines.names()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -216,8 +232,8 @@ def _cmd_engines(args: argparse.Namespace) -> int:
         if row["spans"]:
             prompts.append("+/- time spans")
         print(f"          prompts: {'; '.join(prompts) or 'none'}")
-        if row.get("model_state") and row["available"]:
-            print(f"          model: {row['model']}: {row['model_state']}")
+        if row["available"]:
+            print(f"          model: {row.get('model') or 'none (no weights)'}: {row['state']}")
     return EXIT_OK
 
 

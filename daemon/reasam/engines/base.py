@@ -109,6 +109,7 @@ class Engine(ABC):
             "available": self.unavailable_reason() is None,
             "reason": self.unavailable_reason(),
             "device": caps.device,
+            "model": caps.model,
             "prompts": {k: list(v) for k, v in caps.prompts.items()},
             "free_text": caps.free_text,
             "spans": caps.spans,
