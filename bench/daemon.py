@@ -32,8 +32,14 @@ from report import header, table
 
 
 def clean_env(home: Path) -> dict[str, str]:
+    """No REASAM_* settings and no config.toml of the user's: the daemon runs on its defaults."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REASAM_")}
-    env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"))
+    empty = home / "empty-config.toml"
+    home.mkdir(parents=True, exist_ok=True)
+    empty.write_text("")
+    env.update(
+        XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"), REASAM_CONFIG=str(empty)
+    )
     return env
 
 
@@ -47,23 +53,38 @@ class Daemon:
     def __enter__(self) -> Daemon:
         cmd = [sys.executable, "-m", "reasam.cli", "serve", "--port", "0", "--out", str(self.out)]
         cmd += ["--state-dir", str(self.state), "--log-level", "warning", *self.extra]
-        self.proc = subprocess.Popen(cmd, env=clean_env(self.home), stderr=subprocess.DEVNULL)
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = self.home / "daemon.log"
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen(cmd, env=clean_env(self.home), stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 info = json.loads((self.state / "daemon.json").read_text())
                 if info["pid"] == self.proc.pid:
                     self.port = info["port"]
                     return self
-            except (OSError, ValueError):
+            except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.05)
-        raise RuntimeError("daemon did not start")
+        # Not up: never leave it running behind the exception (__exit__ is not called).
+        code = self.proc.poll()
+        if code is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        tail = log.read_text(errors="replace")[-2000:]
+        why = "did not start within 60 s" if code is None else f"exited with {code}"
+        raise RuntimeError(f"daemon {why}:\n{tail}")
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
 
     def client(self) -> Client:
         token = (self.home / "config" / "reasam" / "token").read_text().strip()

@@ -31,7 +31,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from reasam.osc import Client, encode, parse
 
 PYTHON = sys.executable
-HAVE_LIBLO = shutil.which("oscsend") is not None and shutil.which("oscdump") is not None
+SAM_DOUBLE = Path(__file__).resolve().parent / "sam_double"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,35 +49,60 @@ def write_noise(path: Path, seconds: float, rate: int = 22050, channels: int = 2
 
 
 def clean_env(home: Path) -> dict[str, str]:
-    """The environment without the user's REASAM_* settings, with config and data under `home`."""
+    """The environment without the user's REASAM_* settings and config file: config and data
+    under `home`, and REASAM_CONFIG naming an empty file there (on every platform, where the
+    config folder may not follow XDG_CONFIG_HOME)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REASAM_")}
     env["XDG_CONFIG_HOME"] = str(home / "config")
     env["XDG_DATA_HOME"] = str(home / "data")
     env["PYTHONUNBUFFERED"] = "1"
+    empty = home / "empty-config.toml"
+    if not empty.exists():
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        empty.write_text("")
+    env["REASAM_CONFIG"] = str(empty)
     return env
 
 
 _RUNNING: list[subprocess.Popen] = []  # every daemon process started, so none outlives a test
+_SHARED: set[int] = set()  # pids of the module's shared daemon (stopped by its fixture)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def _reap_test_daemons() -> Iterator[None]:
+    """A test's own daemons die with the test, passed or failed (stop() already ended them)."""
+    yield
+    for proc in _RUNNING:
+        if proc.pid not in _SHARED:
+            _kill(proc)
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _reap_daemons() -> Iterator[None]:
     yield
     for proc in _RUNNING:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _kill(proc)
 
 
 class Daemon:
     """A `reasam serve` subprocess with its own state, output and token under `home`."""
 
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(
+        self, home: Path, *extra: str, env: dict[str, str] | None = None, shared: bool = False
+    ) -> None:
         self.home = home
         self.state = home / "state"
         self.out = home / "out"
         self.token_file = home / "config" / "reasam" / "token"
         self.extra = list(extra)
+        self.env = dict(env or {})
+        self.shared = shared
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log = home / "daemon.log"
@@ -86,9 +111,12 @@ class Daemon:
         cmd = [PYTHON, "-m", "reasam.cli", "serve", "--port", str(self.port), "--out", str(self.out)]
         cmd += ["--state-dir", str(self.state), *self.extra]
         self.home.mkdir(parents=True, exist_ok=True)
+        env = {**clean_env(self.home), **self.env}
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=clean_env(self.home), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         _RUNNING.append(self.proc)
+        if self.shared:
+            _SHARED.add(self.proc.pid)
         deadline = time.monotonic() + timeout
         info = self.state / "daemon.json"
         while time.monotonic() < deadline:
@@ -116,17 +144,19 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
 
-    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, timeout: float = 60.0, token_file: Path | None = None
+    ) -> subprocess.CompletedProcess:
         cmd = [
             PYTHON,
             "-m",
@@ -135,7 +165,7 @@ class Daemon:
             "--port",
             str(self.port),
             "--token-file",
-            str(self.token_file),
+            str(token_file or self.token_file),
         ]
         return subprocess.run(cmd, env=clean_env(self.home), capture_output=True, text=True, timeout=timeout)
 
@@ -198,9 +228,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def daemon(home: Path) -> Iterator[Daemon]:
-    d = Daemon(home / "shared").start()
-    yield d
-    assert d.stop() == 0, d.log.read_text()
+    d = Daemon(home / "shared", shared=True)
+    try:
+        yield d.start()
+    finally:
+        code = d.stop()  # kills it if SIGTERM does not end it in time
+    assert code == 0, d.log.read_text()
     assert "Traceback" not in d.log.read_text(), d.log.read_text()
 
 
@@ -448,6 +481,15 @@ def test_malformed_datagrams_never_hurt(daemon: Daemon, short_wav: Path) -> None
             "k6": ["k6", str(short_wav), "drums", "region", "soon"],
             "k7": ["k7", str(short_wav.parent), "drums"],  # not a regular file
             "bad id!": ["bad id!", str(short_wav), "drums"],
+            # Ids made only of dots would name the output root or its parent as the job folder.
+            ".": [".", str(short_wav), "drums"],
+            "..": ["..", str(short_wav), "drums"],
+            "...": ["...", str(short_wav), "drums"],
+            # A reply_port that is no port is refused, not silently ignored.
+            "p1": ["p1", str(short_wav), "drums", "reply_port", "abc"],
+            "p2": ["p2", str(short_wav), "drums", "reply_port", 0],
+            "p3": ["p3", str(short_wav), "drums", "reply_port", 70000],
+            "p4": ["p4", str(short_wav), "drums", "reply_port", 9000.5],
         }
         for job_id, args in cases.items():
             client.send("/reasam/separate", *args, *client.auth())
@@ -466,7 +508,21 @@ def test_malformed_datagrams_never_hurt(daemon: Daemon, short_wav: Path) -> None
             client.sock.sendto(builder.build().dgram, client.addr)
             address, reply = collect(client, final_for(job_id), timeout=5)[-1]
             assert (address, reply[1]) == ("/reasam/error", "bad_request"), reply
+        # The control messages refuse a bad reply_port too; the error goes back to the sender.
+        control = [
+            ("/reasam/ping", "", []),
+            ("/reasam/status", "", []),
+            ("/reasam/status", "k1", ["k1"]),
+            ("/reasam/cancel", "k1", ["k1"]),
+        ]
+        for address, job_id, head in control:
+            for port in ("abc", 0, 70000):
+                client.send(address, *head, "reply_port", port, *client.auth())
+                got, reply = collect(client, lambda got: bool(got), timeout=5)[-1]
+                assert (got, reply[:2]) == ("/reasam/error", [job_id, "bad_request"]), (address, port, reply)
+                assert "reply_port" in reply[2]
         assert client.ping()["version"]
+    assert not any(daemon.out.glob("status.json"))  # no job ever wrote into the output root
     log = daemon.log.read_text()
     assert "dropped datagram" in log and "Traceback" not in log
 
@@ -481,7 +537,6 @@ def test_bundle_is_unpacked(daemon: Daemon) -> None:
     assert address == "/reasam/pong"
 
 
-@pytest.mark.skipif(not HAVE_LIBLO, reason="liblo-tools (oscsend/oscdump) not installed")
 def test_liblo_oscsend_and_oscdump(daemon: Daemon, short_wav: Path) -> None:
     """An independent OSC implementation, exactly as README tells a user to drive the daemon."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -526,6 +581,24 @@ def test_liblo_oscsend_and_oscdump(daemon: Daemon, short_wav: Path) -> None:
     assert "/reasam/pong ssss" in text
     assert '/reasam/accepted si "liblo-1"' in text
     assert f'/reasam/done ss "liblo-1" "{daemon.out / "liblo-1" / "manifest.json"}"' in text
+
+
+def test_every_client_command_exits_2_when_unauthorized(daemon: Daemon, short_wav: Path) -> None:
+    """A refused request (here: a wrong token) exits 2 from send, status, cancel and ping alike."""
+    wrong = daemon.home / "wrong-token"
+    wrong.write_text("not-the-token\n")
+    commands = [
+        ["send", str(short_wav), "--prompt", "drums", "--engine", "dsp", "--job-id", "unauth-1"],
+        ["status"],
+        ["status", "unauth-1"],
+        ["cancel", "unauth-1"],
+        ["ping"],
+    ]
+    for command in commands:
+        proc = daemon.cli(*command, "--timeout", "10", token_file=wrong)
+        assert proc.returncode == 2, (command, proc.returncode, proc.stdout, proc.stderr)
+        assert "unauthorized" in proc.stdout + proc.stderr, command
+    assert not (daemon.out / "unauth-1").exists()
 
 
 def test_send_cli_outcomes(daemon: Daemon, short_wav: Path) -> None:
@@ -649,6 +722,78 @@ def test_busy_beyond_queue_limit_no_token_on_loopback_and_preload(tmp_path: Path
     assert d.stop() == 0
 
 
+def _sam_model_dir(folder: Path) -> Path:
+    """A model folder the SAM test double loads (see tests/test_sam.py), written in process."""
+    sys.path.insert(0, str(SAM_DOUBLE))
+    try:
+        from sam_audio.testing import write_model_dir
+
+        return write_model_dir(folder, "base")
+    finally:
+        sys.path.remove(str(SAM_DOUBLE))
+        for name in [m for m in sys.modules if m == "sam_audio" or m.startswith("sam_audio.")]:
+            del sys.modules[name]
+
+
+def _sam_state(client: Client) -> str:
+    """The `sam …` part of the pong's model_state."""
+    parts = client.ping()["model_state"].split("; ")
+    return next(p for p in parts if p.startswith("sam "))
+
+
+def test_sam_jobs_keep_alive_log_file_and_sigint(tmp_path: Path) -> None:
+    """`reasam serve` with the SAM engine (its test double): a text prompt and a span prompt end
+    to end on CPU; the model stays loaded between jobs and unloads after the keep-alive; the
+    rotating log file is written; SIGINT stops the daemon as cleanly as SIGTERM."""
+    env = {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(SAM_DOUBLE), os.environ.get("PYTHONPATH")) if p),
+        "REASAM_SAM_MODEL": str(_sam_model_dir(tmp_path / "model-base")),
+        "REASAM_SAM_VARIANT": "base",
+        "REASAM_SAM_DEVICE": "cpu",
+    }
+    src = write_noise(tmp_path / "mix.wav", 3.0, rate=44100, seed=51)
+    log_file = tmp_path / "logs" / "serve.log"
+    home = tmp_path / "d"
+
+    def job(client: Client, job_id: str, prompt: str, *pairs: Any) -> dict[str, Any]:
+        client.send("/reasam/separate", job_id, str(src), prompt, "engine", "sam", *pairs, *client.auth())
+        address, reply = collect(client, final_for(job_id), timeout=120)[-1]
+        assert address == "/reasam/done", reply
+        return json.loads(Path(reply[1]).read_text())
+
+    d = Daemon(home, "--log-file", str(log_file), "--keep-alive", "10", env=env).start()
+    with d.client() as client:
+        pong = client.ping()
+        assert "sam" in pong["engines"].split(","), pong
+        assert _sam_state(client).startswith("sam not loaded"), pong
+        text = job(client, "sam-text", "bass", "quality", "fast")
+        assert text["engine"] == "sam" and text["request"]["prompt"] == "bass"
+        between = _sam_state(client)
+        assert between.startswith("sam base ready on cpu"), between  # kept loaded between jobs
+        span = job(client, "sam-span", "", "span", "+1:2", "span", "-2.2:2.8")
+        assert span["engine"] == "sam" and span["request"]["spans"] == ["+1:2", "-2.2:2.8"]
+        assert _sam_state(client).startswith("sam base ready on cpu")
+    for manifest in (text, span):
+        assert [s["role"] for s in manifest["stems"]] == ["target", "residual"]
+        assert all(Path(s["path"]).is_file() for s in manifest["stems"])
+    assert d.stop(sig=signal.SIGINT) == 0  # Ctrl-C: a clean stop, like SIGTERM
+    written = log_file.read_text()
+    assert "listening on udp://127.0.0.1" in written and "job sam-span done" in written
+    assert written.count("loaded SAM-Audio base") == 1  # once for both jobs: it stayed warm
+    assert re.search(r"signal 2: stopping", written) and written.rstrip().endswith("stopped")
+    assert "Traceback" not in written + d.log.read_text()
+    assert not (d.state / "daemon.json").exists()
+
+    # A tiny keep-alive (0.6 s): loaded for the job, unloaded soon after it, with no request.
+    d = Daemon(home, "--log-file", str(log_file), "--keep-alive", "0.01", "--cache-mb", "0", env=env).start()
+    with d.client() as client:
+        assert job(client, "sam-short", "bass", "quality", "fast")["engine"] == "sam"
+        wait_for(lambda: _sam_state(client).startswith("sam not loaded"), timeout=15, step=0.2)
+    assert d.stop() == 0
+    written = log_file.read_text()
+    assert written.count("loaded SAM-Audio base") == 2 and "Traceback" not in written
+
+
 def test_no_token_refused_off_loopback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -680,6 +825,26 @@ def test_second_daemon_on_same_state_is_refused(daemon: Daemon) -> None:
         timeout=30,
     )
     assert proc.returncode == 1 and "already using" in proc.stderr
+
+
+def test_client_listens_on_loopback_and_ignores_forged_replies() -> None:
+    """The CLI client binds the loopback address when the daemon is on loopback, and takes
+    replies only from the daemon's address: another local socket cannot answer for it."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fake_daemon,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger,
+    ):
+        fake_daemon.bind(("127.0.0.1", 0))
+        port = fake_daemon.getsockname()[1]
+        with Client("127.0.0.1", port, "token", retries=2, interval=0.5) as client:
+            assert client.sock.getsockname()[0] == "127.0.0.1"
+            me = client.sock.getsockname()
+            forger.sendto(encode("/reasam/pong", "forged", "dsp", "cpu", "ready"), me)
+            forger.sendto(encode("/reasam/done", "job-1", "/etc/forged/manifest.json"), me)
+            assert client.receive(0.3) is None  # both dropped
+            forger.sendto(encode("/reasam/pong", "forged", "dsp", "cpu", "ready"), me)
+            fake_daemon.sendto(encode("/reasam/pong", "0.1.0", "dsp", "cpu", "ready"), me)
+            assert client.receive(2.0) == ("/reasam/pong", ["0.1.0", "dsp", "cpu", "ready"])
 
 
 def test_encode_parse_round_trip() -> None:

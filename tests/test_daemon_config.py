@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import plistlib
 import re
 import sys
 from pathlib import Path
 
 import pytest
-from reasam import cli, config
+from reasam import cli, config, models
 from reasam.errors import ReasamError
+from reasam.osc import ModelBridge
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read the developer's ~/.config/reasam/config.toml or REASAM_* variables: loads that
+    fall back to the default config file find an empty config folder here instead."""
+    for name in list(os.environ):
+        if name.startswith("REASAM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the config folder off XDG (macOS, Windows)
+    monkeypatch.setenv("APPDATA", str(tmp_path / "appdata"))
 
 
 def write(path: Path, text: str) -> Path:
@@ -38,7 +52,8 @@ def test_config_file_from_environment_and_defaults(tmp_path: Path) -> None:
     settings.check()
     with pytest.raises(ReasamError, match="config file not found"):
         config.load({}, env={"REASAM_CONFIG": str(tmp_path / "missing.toml")})
-    defaults = config.load({}, env={"XDG_CONFIG_HOME": str(tmp_path / "none")}, config_file=None)
+    assert config.default_config_file().is_relative_to(tmp_path)  # never the developer's own
+    defaults = config.load({}, env={}, config_file=None)
     assert defaults.port == config.DEFAULT_PORT and defaults.host == "127.0.0.1" and defaults.token
 
 
@@ -116,9 +131,6 @@ def test_install_service_macos_and_windows_render(tmp_path: Path) -> None:
 
 
 def test_model_bridge_gives_sam_the_daemons_keep_alive() -> None:
-    models = pytest.importorskip("reasam.models")
-    from reasam.osc import ModelBridge
-
     old = models.set_default_manager(None)
     try:
         bridge = ModelBridge(keep_alive=0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,12 +19,14 @@ from reasam import pipeline
 from reasam.errors import JobCancelled, ReasamError
 from reasam.jobs import (
     Event,
+    Job,
     JobManager,
     Priority,
     ResultCache,
     decode_request,
     encode_request,
     fingerprint,
+    job_folder,
 )
 from reasam.request import Region, Request, Span
 
@@ -86,7 +89,7 @@ def test_priority_classes_then_fifo(tmp_path: Path, source: Path) -> None:
     for job_id, priority in plan:
         positions[job_id] = jobs.submit(job_id, Request(source, "drums"), out, priority).position
     assert positions["b1"] == 1  # the running job is ahead of it
-    assert jobs.position("o2") == 2 and jobs.position("b2") == 6
+    assert jobs.status("o2")["queue_position"] == 2 and jobs.status("b2")["queue_position"] == 6
     runner.release.set()
     assert jobs.wait_idle(10)
     assert runner.order == ["first", "o1", "o2", "w1", "w2", "b1", "b2"]
@@ -190,6 +193,85 @@ def test_crash_after_manifest_counts_as_done(tmp_path: Path, source: Path) -> No
     assert again.start() == []
     assert again.status("late")["state"] == "done" and runner.order == []
     assert stem.exists()
+    again.shutdown()
+
+
+def test_job_ids_made_only_of_dots_are_refused(tmp_path: Path, source: Path) -> None:
+    """ "." would make the output root the job's folder (and a cancel would then empty it of other
+    jobs' folders); ".." its parent. Refused before anything is written, and a Job can never
+    reach outside its own folder even with such an id."""
+    jobs = manager(tmp_path, FakeRunner())
+    jobs.start()
+    out = tmp_path / "out"
+    for job_id in (".", "..", "...", "...."):
+        with pytest.raises(ReasamError) as exc:
+            jobs.submit(job_id, Request(source, "drums"), out)
+        assert exc.value.code == "bad_request", job_id
+    assert not out.exists() or list(out.iterdir()) == []
+    assert not (tmp_path / "status.json").exists()
+    jobs.submit("a.b", Request(source, "drums"), out)  # dots inside an id are fine
+    assert jobs.wait_idle(10) and jobs.status("a.b")["state"] == "done"
+    for job_id in (".", "..", "../x", "x/.."):
+        job = Job(job_id, Request(source, "drums"), out, Priority.OSC, "fp", "cpu")
+        with pytest.raises(ReasamError):
+            job.job_dir  # noqa: B018 - the property is the guard under test
+    assert job_folder(out, "a.b") == out / "a.b"
+    jobs.shutdown()
+
+
+def test_out_of_memory_is_reported_as_out_of_memory(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA OOM raised inside the pipeline reaches clients as the protocol's `out_of_memory`
+    (not `internal`); an engine's own ReasamError out_of_memory passes through unchanged."""
+    import torch
+
+    def oom(request: Request, job_dir: Path, job_id: str, **kwargs: Any) -> Any:
+        if job_id == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if job_id == "engine":
+            raise ReasamError("out_of_memory", "SAM large needs 12 GB; try base")
+        raise RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")
+
+    monkeypatch.setattr(pipeline, "run", oom)  # the default runner calls pipeline.run
+    jobs = JobManager(tmp_path / "journal.sqlite3", device_of=lambda r: "cuda:0")
+    events: list[Event] = []
+    jobs.subscribe(events.append)
+    jobs.start()
+    out = tmp_path / "out"
+    for job_id in ("cuda", "engine", "mps"):
+        jobs.submit(job_id, Request(source, "drums"), out)
+    assert jobs.wait_idle(10)
+    for job_id in ("cuda", "engine", "mps"):
+        status = jobs.status(job_id)
+        assert (status["state"], status["code"]) == ("error", "out_of_memory"), status
+        on_disk = json.loads((out / job_id / "status.json").read_text())
+        assert (on_disk["state"], on_disk["code"]) == ("error", "out_of_memory")
+        assert [e.status["code"] for e in events if e.job_id == job_id and e.kind == "error"] == [
+            "out_of_memory"
+        ]
+    assert "Tried to allocate 2.00 GiB" in jobs.status("cuda")["message"]
+    assert jobs.status("engine")["message"] == "SAM large needs 12 GB; try base"
+    jobs.shutdown()
+
+
+def test_unrecoverable_journal_entry_is_an_error_in_status_json(tmp_path: Path, source: Path) -> None:
+    jobs = manager(tmp_path, FakeRunner())  # never started: the job stays queued
+    out = tmp_path / "out"
+    jobs.submit("broken", Request(source, "drums"), out)
+    jobs.submit("fine", Request(source, "drums"), out)
+    jobs.journal.close()
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as db:  # e.g. written by another version
+        db.execute("UPDATE jobs SET request = '{\"source\": 1}' WHERE job_id = 'broken'")
+    assert json.loads((out / "broken" / "status.json").read_text())["state"] == "queued"
+    runner = FakeRunner()
+    again = manager(tmp_path, runner)
+    assert again.start() == ["fine"]
+    assert again.wait_idle(10) and runner.order == ["fine"]
+    status = json.loads((out / "broken" / "status.json").read_text())
+    assert (status["state"], status["code"]) == ("error", "internal")
+    assert "not recoverable" in status["message"] and status["job_id"] == "broken"
+    assert again.status("broken")["state"] == "error"
     again.shutdown()
 
 

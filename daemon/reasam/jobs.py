@@ -31,6 +31,7 @@ import re
 import shutil
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,10 +45,8 @@ from .request import OutputOptions, PostProcess, Region, Request, Span
 
 log = logging.getLogger("reasam.jobs")
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-ACTIVE = ("queued", "running")
-FINAL = ("done", "error", "cancelled")
+_JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+JOB_ID_RULE = "job_id must be 1-64 of A-Z a-z 0-9 _ . - and not only dots"
 # status.json is rewritten at most this often for progress (state changes always are): each
 # write costs a file and a rename, and a client polling the file gains nothing from more.
 PROGRESS_INTERVAL = 0.2
@@ -66,7 +65,23 @@ class Priority(enum.IntEnum):
 
 
 def valid_job_id(job_id: object) -> bool:
-    return isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None
+    """The protocol's pattern, minus ids made only of dots: "." and ".." would make the job's
+    folder the output root or its parent, and "..." is refused with them for one simple rule."""
+    return isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None and job_id.strip(".") != ""
+
+
+def job_folder(out_root: Path, job_id: str) -> Path:
+    """`<out_root>/<job_id>`, checked to be a folder directly inside `out_root`.
+
+    Every write and delete of a job (status.json, stems, clear_outputs) goes through this, so
+    even an id that slipped past `valid_job_id` can never point at the output root, its parent
+    or another job's folder.
+    """
+    root = Path(os.path.normpath(out_root))
+    folder = Path(os.path.normpath(root / job_id))
+    if not valid_job_id(job_id) or folder.parent != root or folder.name != job_id:
+        raise ReasamError("bad_request", f"job id {job_id!r} does not name a folder inside {root}")
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +261,7 @@ class Job:
 
     @property
     def job_dir(self) -> Path:
-        return self.out_root / self.job_id
+        return job_folder(self.out_root, self.job_id)
 
     def status(self) -> dict[str, Any]:
         """The status.json object (protocol keys first; the rest are additions)."""
@@ -357,6 +372,36 @@ def clear_outputs(job_dir: Path) -> None:
                 entry.unlink()
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Host or accelerator memory ran out: torch's OutOfMemoryError (CUDA), or a RuntimeError
+    saying so (older torch, MPS, ROCm). torch is only looked at if a job already imported it."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _write_json(final: Path, body: dict[str, Any], durable: bool, job_id: str) -> bool:
+    """Write `body` to `final` atomically (temporary file + rename); False if it could not be."""
+    temp = audio.temp_name(final)
+    try:
+        with open(temp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(body, indent=1) + "\n")
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(temp, final)
+        return True
+    except OSError as exc:
+        log.warning("job %s: cannot write %s (%s)", job_id, final.name, exc)
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        return False
+
+
 def _manifest_complete(job: Job) -> str | None:
     """The manifest path if the job's manifest and all its stems are on disk, else None."""
     path = job.job_dir / "manifest.json"
@@ -432,9 +477,9 @@ class JobManager:
                     attempts=row["attempts"],
                     created=row["created"],
                 )
+                job_folder(job.out_root, job_id)  # an id that names no folder of its own: refused
             except (ReasamError, ValueError, KeyError, TypeError) as exc:
-                log.error("journal: job %s cannot be recovered (%s)", job_id, exc)
-                self.journal.update(job_id, state="error", code="internal", message=f"not recoverable: {exc}")
+                self._unrecoverable(row, exc)
                 continue
             if row["state"] == "running":
                 manifest = _manifest_complete(job)
@@ -461,6 +506,20 @@ class JobManager:
                 self._ensure_worker(device)
         return recovered
 
+    def _unrecoverable(self, row: sqlite3.Row, exc: Exception) -> None:
+        """A journaled job that cannot run again (its request no longer decodes): an error in
+        the journal and in its status.json, so clients polling the file learn of it too."""
+        job_id = row["job_id"]
+        log.error("journal: job %s cannot be recovered (%s)", job_id, exc)
+        message = f"not recoverable after a restart: {exc}"
+        self.journal.update(job_id, state="error", stage="error", code="internal", message=message)
+        try:
+            folder = job_folder(Path(row["out_root"]), job_id)
+        except (ReasamError, TypeError, ValueError):
+            return  # no folder of its own to write into
+        status = _status_from_row(self.journal.get(job_id) or row)
+        _write_json(folder / "status.json", status, durable=True, job_id=job_id)
+
     # -- front-door API ----------------------------------------------------------------------
 
     def submit(
@@ -482,7 +541,7 @@ class JobManager:
         busy (queue full or daemon stopping).
         """
         if not valid_job_id(job_id):
-            raise ReasamError("bad_request", f"job_id must match {JOB_ID_PATTERN[1:-1]}, got {job_id!r}")
+            raise ReasamError("bad_request", f"{JOB_ID_RULE}, got {job_id!r}")
         out_root = Path(out_root)
         if not out_root.is_absolute():
             raise ReasamError("bad_request", f"{out_root}: the output folder must be an absolute path")
@@ -587,19 +646,6 @@ class JobManager:
         if row is None:
             raise ReasamError("not_found", f"no job with id {job_id}")
         return _status_from_row(row)
-
-    def position(self, job_id: str) -> int | None:
-        with self._cond:
-            job = self._jobs.get(job_id)
-            return self._position(job) if job is not None and job.state == "queued" else None
-
-    def origin(self, job_id: str) -> dict[str, Any]:
-        with self._cond:
-            job = self._jobs.get(job_id)
-            if job is not None:
-                return dict(job.origin)
-        row = self.journal.get(job_id)
-        return json.loads(row["origin"]) if row is not None else {}
 
     def overview(self, limit: int = 20) -> dict[str, Any]:
         """A summary for `/reasam/status` without a job id; lists are capped to fit a datagram."""
@@ -805,10 +851,15 @@ class JobManager:
         except ReasamError as exc:
             self._finish(job, "error", stage="error", message=exc.message, code=exc.code)
             log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
-        except MemoryError:
-            self._finish(job, "error", stage="error", message="out of memory", code="out_of_memory")
-            log.error("job %s ran out of memory", job.job_id)
         except Exception as exc:
+            if _out_of_memory(exc):
+                detail = " ".join(str(exc).split())[:300]
+                message = (
+                    f"out of memory ({type(exc).__name__}: {detail}); try quality fast or a shorter region"
+                )
+                self._finish(job, "error", stage="error", message=message, code="out_of_memory")
+                log.error("job %s ran out of memory: %s", job.job_id, detail)
+                return
             log.exception("job %s: internal error", job.job_id)
             message = f"{type(exc).__name__}: {exc}"
             self._finish(job, "error", stage="error", message=message, code="internal")
@@ -866,24 +917,10 @@ class JobManager:
         self._emit(state, job)
 
     def _write_status(self, job: Job, durable: bool = True) -> bool:
-        """Rewrite status.json atomically (temporary file + rename). `durable` adds an fsync,
-        for the final states (done, error, cancelled); the others are recorded durably in the
-        journal, and the file is rewritten from it at the next start."""
-        final = job.job_dir / "status.json"
-        temp = audio.temp_name(final)
-        try:
-            with open(temp, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(job.status(), indent=1) + "\n")
-                if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(temp, final)
-            return True
-        except OSError as exc:
-            log.warning("job %s: cannot write status.json (%s)", job.job_id, exc)
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
-            return False
+        """Rewrite status.json atomically. `durable` adds an fsync, for the final states (done,
+        error, cancelled); the others are recorded durably in the journal, and the file is
+        rewritten from it at the next start."""
+        return _write_json(job.job_dir / "status.json", job.status(), durable, job.job_id)
 
 
 # ---------------------------------------------------------------------------------------------

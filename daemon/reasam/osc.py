@@ -38,7 +38,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from . import __version__, config
-from .errors import USAGE_CODES, ReasamError
+from .errors import CODES, USAGE_CODES, ReasamError
 
 log = logging.getLogger("reasam.osc")
 
@@ -242,6 +242,8 @@ def _pairs(
             raise ReasamError("bad_request", f"{key}: value longer than {MAX_VALUE_CHARS} characters")
         if key in seen and key not in repeatable:
             raise ReasamError("bad_request", f"{key} given twice")
+        if key == "reply_port":
+            _port(value)  # `_scan` read it leniently; a bad one is refused here, not ignored
         seen.add(key)
         out.append((key, value))
     return out
@@ -580,10 +582,10 @@ class Server:
         from .request import Region, Request, Span
 
         job_id, path, prompt = args[0], args[1], args[2]
-        from .jobs import JOB_ID_PATTERN, valid_job_id
+        from .jobs import JOB_ID_RULE, valid_job_id
 
         if not valid_job_id(job_id):
-            raise ReasamError("bad_request", f"job_id must match {JOB_ID_PATTERN[1:-1]}")
+            raise ReasamError("bad_request", JOB_ID_RULE)
         if not isinstance(path, str) or not path:
             raise ReasamError("bad_request", "path must be a non-empty string")
         if len(path) > MAX_PATH_CHARS:
@@ -880,14 +882,25 @@ class Client:
         interval: float = 0.3,
         timeout: float = 0.0,
     ) -> None:
-        self.addr = (host, port)
         self.token = token
         self.retries = retries
         self.timeout = timeout  # caps the whole retry sequence of one request (0: no cap)
         self.interval = interval
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            resolved = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4]
+        except (OSError, IndexError) as exc:
+            raise ReasamError("bad_request", f"cannot resolve the daemon's host {host!r} ({exc})") from None
+        # Replies are taken only from the daemon's own address; on loopback the socket listens
+        # on loopback alone, so nothing off this machine can even reach it.
+        self.addr: tuple[Any, ...] = tuple(resolved)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind(("::1" if family == socket.AF_INET6 and host == "::1" else "", 0))
+        ip = str(resolved[0])
+        try:
+            self.sock.bind((ip if config.is_loopback(ip) else "", 0))
+        except OSError:
+            self.sock.close()
+            raise
 
     def close(self) -> None:
         self.sock.close()
@@ -913,11 +926,13 @@ class Client:
                 return None
             self.sock.settimeout(left)
             try:
-                data, _ = self.sock.recvfrom(MAX_DATAGRAM + 1)
+                data, sender = self.sock.recvfrom(MAX_DATAGRAM + 1)
             except TimeoutError:
                 return None
             except OSError:
                 continue
+            if tuple(sender[:2]) != self.addr[:2]:
+                continue  # not from the daemon: a forged or stray datagram
             try:
                 messages = parse(data)
             except FramingError:
@@ -950,7 +965,7 @@ class Client:
             lambda a, x: a == "/reasam/pong" or (a == "/reasam/error" and x[:1] == [""]),
         )
         if address == "/reasam/error":
-            raise ReasamError(args[1], args[2])
+            raise _reply_error(args)
         return dict(zip(("version", "engines", "device", "model_state"), args, strict=False))
 
     def status(self, job_id: str | None = None) -> dict[str, Any]:
@@ -969,11 +984,26 @@ class Client:
 
         address, a = self.request("/reasam/status", args, accept)
         if address == "/reasam/error":
-            raise ReasamError(a[1], a[2])
+            raise _reply_error(a)
         return json.loads(a[0])
 
 
 _FINAL = {"/reasam/done": "done", "/reasam/error": "error", "/reasam/cancelled": "cancelled"}
+
+
+def _refused(code: str) -> bool:
+    """Whether an error code means the request itself was refused (exit 2: invalid, or not
+    authorized) rather than a valid request failing (exit 1). The same for every command."""
+    return code in USAGE_CODES or code == "unauthorized"
+
+
+def _reply_error(args: Sequence[Any]) -> ReasamError:
+    """The ReasamError of an `/reasam/error s:job_id s:code s:message` reply."""
+    code = str(args[1]) if len(args) > 1 else "internal"
+    message = str(args[2]) if len(args) > 2 else ""
+    if code not in CODES:
+        code, message = "internal", f"{code}: {message}"
+    return ReasamError(code, message, usage=_refused(code))
 
 
 def _job_reply(job_id: str) -> Callable[[str, list[Any]], bool]:
@@ -993,7 +1023,7 @@ def _result(job_id: str, address: str, args: list[Any]) -> tuple[dict[str, Any],
     if address == "/reasam/error":
         code = args[1] if len(args) > 1 else "internal"
         body = {"job_id": job_id, "state": "error", "code": code, "message": args[2] if len(args) > 2 else ""}
-        return body, EXIT_USAGE if code in USAGE_CODES or code == "unauthorized" else EXIT_RUNTIME
+        return body, EXIT_USAGE if _refused(code) else EXIT_RUNTIME
     return {"job_id": job_id, "state": "cancelled"}, EXIT_CANCELLED
 
 
@@ -1258,6 +1288,12 @@ def _cmd_install_service(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_CONTROL_EXITS = (
+    "Exit codes: 0 answered (cancel: cancelled or already done), 1 failed (e.g. no such job), "
+    "2 refused (bad request, unauthorized), 3 no answer."
+)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """serve, send, status, cancel, ping, install-service."""
     p = sub.add_parser("serve", help="run the daemon: OSC over UDP, warm engines, a job queue")
@@ -1267,8 +1303,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "send",
         help="send one separation to the daemon and wait for the result (prints JSON)",
-        description="Exit codes: 0 done (or accepted with --no-wait), 1 failed, 2 bad request, "
-        "3 no answer, 4 cancelled. A '-' span must be written with '=': --span=-3:4.",
+        description="Exit codes: 0 done (or accepted with --no-wait), 1 failed, 2 refused (bad request, "
+        "unsupported prompt, unauthorized), 3 no answer, 4 cancelled. "
+        "A '-' span must be written with '=': --span=-3:4.",
     )
     p.add_argument("input", type=Path)
     p.add_argument("--prompt", "-p", default="")
@@ -1284,17 +1321,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_send)
 
-    p = sub.add_parser("status", help="the daemon's or one job's status, as JSON")
+    p = sub.add_parser("status", help="the daemon's or one job's status, as JSON", description=_CONTROL_EXITS)
     p.add_argument("job_id", nargs="?", default=None)
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p = sub.add_parser("cancel", help="cancel a queued or running job", description=_CONTROL_EXITS)
     p.add_argument("job_id")
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_cancel)
 
-    p = sub.add_parser("ping", help="check the daemon answers; prints version, engines, device, model state")
+    p = sub.add_parser(
+        "ping",
+        help="check the daemon answers; prints version, engines, device, model state",
+        description=_CONTROL_EXITS,
+    )
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_ping)
 
