@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from reasam.osc import Client
+from reasam.client import Client
 from report import header, table
 
 

@@ -28,7 +28,8 @@ import psutil
 import pytest
 import soundfile as sf
 from pythonosc.osc_message_builder import OscMessageBuilder
-from reasam.osc import Client, encode, parse
+from reasam.client import Client
+from reasam.osc import encode, parse
 
 PYTHON = sys.executable
 SAM_DOUBLE = Path(__file__).resolve().parent / "sam_double"

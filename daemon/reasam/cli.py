@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
+import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ReasamError
+
+if TYPE_CHECKING:
+    from . import config
+    from .client import Client
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -391,11 +399,281 @@ def _cmd_install_reaper(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_daemon(sub: argparse._SubParsersAction) -> None:
-    """serve, send, status, cancel, ping, install-service: defined next to the OSC code."""
-    from .osc import add_commands
+def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
+    from . import config
 
-    add_commands(sub)
+    p.add_argument(
+        "--config", type=Path, default=None, help="config file (default: config.toml in the config folder)"
+    )
+    p.add_argument("--host", default=None, help=f"address (default {config.DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=None, help=f"UDP port (default {config.DEFAULT_PORT})")
+    p.add_argument(
+        "--token-file", type=Path, default=None, help="token file (default: <config folder>/token)"
+    )
+    if serve_flags:
+        p.add_argument("--out", type=Path, default=None, help="output root (default ~/ReaSAM)")
+        p.add_argument(
+            "--no-token",
+            action="store_true",
+            help="accept requests without a token (loopback addresses only)",
+        )
+        p.add_argument("--state-dir", type=Path, default=None, help="journal, cache and logs")
+        p.add_argument(
+            "--keep-alive", type=float, default=None, metavar="MIN", help="idle minutes a model stays loaded"
+        )
+        p.add_argument(
+            "--preload", action="store_true", default=None, help="load the default engine's model at start"
+        )
+        p.add_argument(
+            "--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"), help="default engine"
+        )
+        p.add_argument(
+            "--quality", default=None, choices=("fast", "balanced", "best"), help="default quality"
+        )
+        p.add_argument("--queue-limit", type=int, default=None, help="queued jobs before 'busy'")
+        p.add_argument("--cache-mb", type=int, default=None, help="result cache size in MB (0 = off)")
+        p.add_argument("--log-file", type=Path, default=None)
+        p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+        p.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=None,
+            metavar="S",
+            help="on SIGTERM, seconds the running job may take to finish before it is journaled",
+        )
+    else:
+        p.add_argument(
+            "--timeout", type=float, default=0.0, help="give up after this many seconds (0: no limit)"
+        )
+        p.add_argument(
+            "--retries",
+            type=int,
+            default=6,
+            help="UDP sends before giving up (waits double: 0.3 s, 0.6 s, …)",
+        )
+
+
+_CLIENT_SETTINGS = ("host", "port", "token_file")
+
+
+def _load_settings(args: argparse.Namespace, client: bool = False) -> config.Settings:
+    from . import config
+
+    names = _CLIENT_SETTINGS if client else config.setting_names()
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "no_token", False):
+        flags["token"] = False
+    return config.load(flags, config_file=args.config)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from . import config
+    from .client import Client
+
+    settings = _load_settings(args, client=True)
+    host = (
+        "127.0.0.1"
+        if settings.host in ("0.0.0.0", "")
+        else ("::1" if settings.host == "::" else settings.host)
+    )
+    if settings.port == 0:
+        raise ReasamError("bad_request", "the client needs the daemon's port (--port)")
+    return Client(
+        host,
+        settings.port,
+        config.client_token(settings),
+        retries=max(1, args.retries),
+        timeout=getattr(args, "timeout", 0.0) or 0.0,
+    )
+
+
+def _print(body: dict[str, Any]) -> None:
+    print(json.dumps(body, indent=2))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .osc import serve
+
+    return serve(_load_settings(args))
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from .client import EXIT_NO_ANSWER, NoAnswer, send_job
+
+    source = args.input.expanduser().absolute()
+    # Not pipeline.slug: importing the pipeline would cost the client a second of start-up.
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem).strip("-.")[:40] or "job"
+    job_id = args.job_id or f"{stem}-{uuid.uuid4().hex[:8]}"
+    pairs: list[Any] = []
+    for key in ("region", "quality", "engine", "format"):
+        if getattr(args, key) is not None:
+            pairs += [key, getattr(args, key)]
+    if args.out is not None:
+        pairs += ["out", str(args.out.expanduser().absolute())]
+    for span in args.span:
+        pairs += ["span", span]
+    show = sys.stderr.isatty() and not args.quiet
+
+    def progress(fraction: float, stage: str) -> None:
+        if show:
+            sys.stderr.write(f"\r{job_id}: {fraction * 100:5.1f}% {stage:<16}")
+            sys.stderr.flush()
+
+    with _client(args) as client:
+        try:
+            body, code = send_job(
+                client,
+                job_id,
+                [str(source), args.prompt, *pairs, *client.auth()],
+                wait=not args.no_wait,
+                timeout=args.timeout,
+                on_progress=progress,
+            )
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+        except KeyboardInterrupt:
+            with contextlib.suppress(OSError):
+                client.send("/reasam/cancel", job_id, *client.auth())
+            sys.stderr.write(f"\nreasam: interrupted; cancel sent for {job_id}\n")
+            return 130
+        finally:
+            if show:
+                sys.stderr.write("\n")
+    _print(body)
+    return code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import EXIT_NO_ANSWER, NoAnswer
+
+    with _client(args) as client:
+        try:
+            body = client.status(args.job_id)
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+    _print(body)
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from .client import _FINAL, EXIT_CANCELLED, EXIT_NO_ANSWER, NoAnswer, _job_reply, _result
+
+    job_id = args.job_id
+    with _client(args) as client:
+        try:
+            address, reply = client.request("/reasam/cancel", [job_id, *client.auth()], _job_reply(job_id))
+            deadline = time.monotonic() + (args.timeout or 60.0)
+            while address not in _FINAL:
+                got = client.receive(max(0.0, deadline - time.monotonic()))
+                if got is None:
+                    _print(
+                        {"job_id": job_id, "state": "running", "message": "cancel requested; not stopped yet"}
+                    )
+                    return EXIT_NO_ANSWER
+                if _job_reply(job_id)(*got):
+                    address, reply = got
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+    body, code = _result(job_id, address, reply)
+    _print(body)
+    return EXIT_OK if code == EXIT_CANCELLED else code
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    from .client import EXIT_NO_ANSWER, NoAnswer
+
+    with _client(args) as client:
+        try:
+            started = time.monotonic()
+            body: dict[str, Any] = dict(client.ping())
+            body["round_trip_ms"] = round((time.monotonic() - started) * 1000, 2)
+        except NoAnswer as exc:
+            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+            return EXIT_NO_ANSWER
+    _print(body)
+    return EXIT_OK
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    from . import config
+
+    written, commands = config.install_service(
+        platform=args.platform, dest=args.dest, enable=not args.no_enable, extra_args=args.serve_args
+    )
+    print(written)
+    for cmd in commands:
+        print(f"ran: {' '.join(cmd)}", file=sys.stderr)
+    return EXIT_OK
+
+
+_CONTROL_EXITS = (
+    "Exit codes: 0 answered (cancel: cancelled or already done), 1 failed (e.g. no such job), "
+    "2 refused (bad request, unauthorized), 3 no answer."
+)
+
+
+def _add_daemon(sub: argparse._SubParsersAction) -> None:
+    """serve, send, status, cancel, ping, install-service."""
+    p = sub.add_parser("serve", help="run the daemon: OSC over UDP, warm engines, a job queue")
+    _settings_flags(p, serve_flags=True)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "send",
+        help="send one separation to the daemon and wait for the result (prints JSON)",
+        description="Exit codes: 0 done (or accepted with --no-wait), 1 failed, 2 refused (bad request, "
+        "unsupported prompt, unauthorized), 3 no answer, 4 cancelled. "
+        "A '-' span must be written with '=': --span=-3:4.",
+    )
+    p.add_argument("input", type=Path)
+    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--span", action="append", default=[], metavar="±S:E")
+    p.add_argument("--region", default=None, metavar="S:E")
+    p.add_argument("--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"))
+    p.add_argument("--quality", default=None, choices=("fast", "balanced", "best"))
+    p.add_argument("--format", default=None, choices=("wav", "flac", "mp3"))
+    p.add_argument("--out", type=Path, default=None, help="output root (default: the daemon's)")
+    p.add_argument("--job-id", default=None, help="default: <input name>-<random>")
+    p.add_argument("--no-wait", action="store_true", help="return once the daemon accepted the job")
+    p.add_argument("--quiet", "-q", action="store_true")
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("status", help="the daemon's or one job's status, as JSON", description=_CONTROL_EXITS)
+    p.add_argument("job_id", nargs="?", default=None)
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job", description=_CONTROL_EXITS)
+    p.add_argument("job_id")
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser(
+        "ping",
+        help="check the daemon answers; prints version, engines, device, model state",
+        description=_CONTROL_EXITS,
+    )
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_ping)
+
+    p = sub.add_parser(
+        "install-service", help="run the daemon at login (systemd user unit, launchd, Windows)"
+    )
+    p.add_argument(
+        "--platform", default=None, choices=("linux", "macos", "windows"), help="default: this one"
+    )
+    p.add_argument("--dest", type=Path, default=None, help="folder to write the service file into")
+    p.add_argument(
+        "--no-enable",
+        action="store_true",
+        help="only write the file; do not call systemctl/launchctl or start it",
+    )
+    p.add_argument("serve_args", nargs="*", help="extra `reasam serve` arguments (after --)")
+    p.set_defaults(func=_cmd_install_service)
 
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
