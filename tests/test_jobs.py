@@ -16,19 +16,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 from reasam import pipeline
+from reasam.cache import ResultCache
 from reasam.errors import JobCancelled, ReasamError
 from reasam.jobs import (
     Event,
     Job,
     JobManager,
     Priority,
-    ResultCache,
-    decode_request,
-    encode_request,
     fingerprint,
     job_folder,
 )
-from reasam.request import Region, Request, Span
+from reasam.request import Region, Request, Span, decode_request, encode_request
 
 
 class FakeRunner:

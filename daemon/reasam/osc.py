@@ -778,7 +778,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: config.Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
-    from .jobs import JobManager, ResultCache
+    from .cache import ResultCache
+    from .jobs import JobManager
 
     settings.check()
     log_path = setup_logging(settings)

@@ -6,10 +6,12 @@ once, on creation, so a bad value fails with the same one-line message wherever 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import bad_request
 
@@ -212,3 +214,43 @@ class Request:
             "stereo": self.output.stereo,
             "post": self.output.post.as_dict(),
         }
+
+
+_SPECIAL = ("source", "prompt", "spans", "region", "output")
+
+
+def encode_request(request: Request) -> dict[str, Any]:
+    """The request as exact JSON, for the daemon's journal and cache key.
+
+    Spans and region stay floats (as_dict rounds them to text), and every field of Request and
+    OutputOptions is taken generically, so a field added to the request later is journaled,
+    fingerprinted and cache-keyed without a change here.
+    """
+    output = {f.name: getattr(request.output, f.name) for f in dataclasses.fields(OutputOptions)}
+    output["post"] = request.output.post.as_dict()
+    data: dict[str, Any] = {
+        "source": str(request.source),
+        "prompt": request.prompt,
+        "spans": [[s.sign, s.start, s.end] for s in request.spans],
+        "region": [request.region.start, request.region.end],
+        "output": output,
+    }
+    for f in dataclasses.fields(Request):
+        if f.name not in _SPECIAL:
+            data[f.name] = getattr(request, f.name)
+    return data
+
+
+def decode_request(data: dict[str, Any]) -> Request:
+    """Inverse of `encode_request`; validation runs again, as for any new request."""
+    output = dict(data["output"])
+    output["post"] = PostProcess(**output.get("post", {}))
+    extra = {k: v for k, v in data.items() if k not in _SPECIAL}
+    return Request(
+        source=Path(data["source"]),
+        prompt=data["prompt"],
+        spans=tuple(Span(sign, float(a), float(b)) for sign, a, b in data["spans"]),
+        region=Region(float(data["region"][0]), data["region"][1]),
+        output=OutputOptions(**output),
+        **extra,
+    )

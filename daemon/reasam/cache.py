@@ -1,0 +1,304 @@
+"""The result cache: the same audio, prompt and settings return stored stems at once.
+
+A hit skips the engine entirely, which is what makes a repeated request (an undo and redo in
+REAPER, a batch run twice) instant. Entries live under the daemon's state folder; the cache has
+a size limit and evicts the least recently used entries first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, audio
+from .errors import JobCancelled
+from .request import Request, encode_request
+
+log = logging.getLogger("reasam.cache")
+
+
+CACHE_FORMAT = 1
+# Audio around the region that can change the engine's output at its edges (the pipeline reads
+# 0.5 s of context); hashing a little more only makes the key more specific.
+_HASH_CONTEXT_SECONDS = 1.0
+_HASH_BLOCK = 1 << 18
+
+
+class ResultCache:
+    """Finished stems by content: the same audio, prompt and settings give the same files.
+
+    The key hashes the decoded samples of the region (with context; the whole file when spans
+    are given, since span engines learn from audio anywhere in it), the region and spans, the
+    engine's canonical prompt, engine, model, quality, output options and ReaSAM's version. So a
+    renamed or copied file still hits, and a new version or model never serves stale stems.
+
+    Entries are linked (or copied, across file systems) from the job that produced them. A hit
+    *copies* the stored stems into the new job's folder, so every job owns its files and an
+    edit to one never reaches another. Each entry records its files' size and mtime; a stored
+    file changed in place (through a hard link with the original job) invalidates the entry.
+    Least recently used entries are evicted beyond the size limit.
+    """
+
+    def __init__(self, folder: Path, limit_bytes: int) -> None:
+        self.folder = folder
+        self.limit = limit_bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(folder / "index.sqlite3"), check_same_thread=False, isolation_level=None, timeout=10
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+            " created REAL NOT NULL, last_used REAL NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS digests"
+            " (ident TEXT PRIMARY KEY, digest TEXT NOT NULL, used REAL NOT NULL)"
+        )
+        self.hits = 0
+        self.misses = 0
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def key(self, request: Request) -> str:
+        """The cache key of a request (reads the region's audio; memoized by file identity)."""
+        from . import engines, pipeline
+
+        info = audio.probe(request.source)
+        first, last = pipeline.resolve_region(request, info)
+        rate = info.sample_rate
+        if request.spans:
+            lo, hi = 0, info.frames
+        else:
+            pad = round(_HASH_CONTEXT_SECONDS * rate)
+            lo, hi = max(0, first - pad), min(info.frames, last + pad)
+        digest = self._audio_digest(info, lo, hi)
+        engine = engines.choose(request.engine, request.prompt, request.spans)
+        caps = engine.capabilities
+        options = {k: v for k, v in encode_request(request).items() if k not in ("source", "spans", "region")}
+        options["prompt"] = engine.canonical_prompt(request.prompt) if request.prompt else ""
+        options["engine"] = caps.name
+        options["bit_depth"] = request.output.resolved_bit_depth
+        blob = {
+            "format": CACHE_FORMAT,
+            "version": __version__,
+            "audio": digest,
+            "rate": rate,
+            "channels": info.channels,
+            "frames": [first, last, lo, hi],
+            "spans": [[s.sign, s.start, s.end] for s in request.spans],
+            "model": caps.model or caps.name,
+            "options": options,
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+    def _audio_digest(self, info: audio.AudioInfo, lo: int, hi: int) -> str:
+        st = info.path.stat()
+        ident = f"{info.path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{lo}|{hi}"
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM digests WHERE ident = ?", (ident,)).fetchone()
+            if row is not None:
+                self._db.execute("UPDATE digests SET used = ? WHERE ident = ?", (time.time(), ident))
+                return row[0]
+        h = hashlib.sha256()
+        with audio.SourceReader(info, lo, hi) as reader:
+            pos = lo
+            while pos < hi:
+                n = min(_HASH_BLOCK, hi - pos)
+                h.update(reader.read(pos, n).tobytes())
+                pos += n
+        digest = h.hexdigest()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO digests (ident, digest, used) VALUES (?, ?, ?)",
+                (ident, digest, time.time()),
+            )
+            # The memo is small; keep it bounded anyway.
+            self._db.execute(
+                "DELETE FROM digests WHERE ident NOT IN"
+                " (SELECT ident FROM digests ORDER BY used DESC LIMIT 10000)"
+            )
+        return digest
+
+    def _entry_dir(self, key: str) -> Path:
+        return self.folder / key[:2] / key
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def fetch(
+        self, key: str, request: Request, job_id: str, job_dir: Path, cancelled: Callable[[], bool]
+    ) -> Any | None:
+        """Materialize a hit into `job_dir` (stems copied, a manifest of its own); None on a miss."""
+        from .pipeline import Result, Stem, stem_files, stem_name
+
+        started = time.monotonic()
+        with self._lock:
+            row = self._db.execute("SELECT key FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            entry_dir = self._entry_dir(key)
+            try:
+                entry = json.loads((entry_dir / "entry.json").read_text(encoding="utf-8"))
+                for stem in entry["stems"]:
+                    st = (entry_dir / stem["file"]).stat()
+                    if st.st_size != stem["size"] or st.st_mtime_ns != stem["mtime_ns"]:
+                        raise ValueError(f"{stem['file']} changed since it was cached")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.info("cache: dropping entry %s (%s)", key[:12], exc)
+                self._drop(key)
+                self.misses += 1
+                return None
+            self._db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (time.time(), key))
+            self.hits += 1
+        if cancelled():
+            raise JobCancelled(job_id)
+        finals = stem_files(request, job_dir)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        stems: list[Stem] = []
+        published: list[Path] = []
+        try:
+            for stored in entry["stems"]:
+                role = stored["role"]
+                final = finals[role]
+                temp = audio.temp_name(final)
+                try:
+                    shutil.copyfile(entry_dir / stored["file"], temp)
+                    audio.publish(temp, final)
+                finally:
+                    temp.unlink(missing_ok=True)
+                published.append(final)
+                stems.append(
+                    Stem(
+                        stem_name(request, role),
+                        role,
+                        final.resolve(),
+                        stored["channels"],
+                        stored["frames"],
+                        stored["region_start"],
+                        stored["region_end"],
+                        stored.get("post") or {},
+                    )
+                )
+            manifest = dict(entry["manifest"])
+            manifest.update(
+                job_id=job_id,
+                request=request.as_dict(),
+                stems=[s.as_dict() for s in stems],
+                seconds=round(time.monotonic() - started, 3),
+                cached=True,
+                cache_key=key,
+            )
+            manifest_path = job_dir / "manifest.json"
+            audio.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        except BaseException:
+            for path in published:
+                path.unlink(missing_ok=True)
+            raise
+        return Result(job_id, manifest_path.resolve(), stems, manifest)
+
+    def store(self, key: str, result: Any) -> None:
+        """Keep a finished job's stems (hard links where possible); failures only cost the entry."""
+        try:
+            self._store(key, result)
+        except Exception as exc:
+            log.warning("cache: could not store %s (%s)", key[:12], exc)
+
+    def _store(self, key: str, result: Any) -> None:
+        entry_dir = self._entry_dir(key)
+        temp_dir = entry_dir.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.partial")
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        temp_dir.mkdir(parents=True)
+        try:
+            stems = []
+            size = 0
+            for i, stem in enumerate(result.stems):
+                file = f"{i}-{stem.role}{Path(stem.path).suffix}"
+                dest = temp_dir / file
+                try:
+                    os.link(stem.path, dest)
+                except OSError:
+                    shutil.copyfile(stem.path, dest)
+                st = dest.stat()
+                size += st.st_size
+                stems.append(
+                    {
+                        "file": file,
+                        "role": stem.role,
+                        "channels": stem.channels,
+                        "frames": stem.frames,
+                        "region_start": stem.region_start,
+                        "region_end": stem.region_end,
+                        "post": stem.post,
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                    }
+                )
+            if size > self.limit:
+                log.info("cache: result of %d bytes is larger than the whole cache; not kept", size)
+                return
+            manifest = {k: v for k, v in result.manifest.items() if k not in ("job_id", "request", "stems")}
+            (temp_dir / "entry.json").write_text(
+                json.dumps({"stems": stems, "manifest": manifest}), encoding="utf-8"
+            )
+            with self._lock:
+                if entry_dir.exists():
+                    return  # another job stored the same key first
+                os.rename(temp_dir, entry_dir)
+                now = time.time()
+                self._db.execute(
+                    "INSERT OR REPLACE INTO entries (key, size, created, last_used) VALUES (?, ?, ?, ?)",
+                    (key, size, now, now),
+                )
+                self._evict()
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def _evict(self) -> None:
+        total = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+        if total <= self.limit:
+            return
+        for key, size in self._db.execute("SELECT key, size FROM entries ORDER BY last_used ASC").fetchall():
+            if total <= self.limit:
+                break
+            self._drop(key)
+            total -= size
+            log.info("cache: evicted %s (%d bytes)", key[:12], size)
+
+    def _drop(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            shutil.rmtree(self._entry_dir(key), ignore_errors=True)
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            count, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
+        return {
+            "entries": count,
+            "bytes": total,
+            "limit": self.limit,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def stored_keys(self) -> list[str]:
+        with self._lock:
+            return [
+                row[0] for row in self._db.execute("SELECT key FROM entries ORDER BY last_used").fetchall()
+            ]
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            self._db.close()
