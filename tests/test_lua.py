@@ -3,15 +3,22 @@ luacheck, the ReaPack index and `reasam install-reaper`, all from the one pytest
 
 The Lua specs start their own `reasam serve` processes on free loopback ports with their own
 token, state and output folders (tests/lua/daemon_fixture.lua), using this interpreter's
-`reasam` (passed as REASAM_BIN).
+`reasam` (passed as REASAM_BIN). Each spec file runs with a temporary folder of its own, an empty
+config file instead of the developer's, and a marker in its environment by which every process it
+started (daemons included) is found and ended afterwards, even when busted had to be killed.
+A missing tool (busted, luacheck, lua5.4, reasam) fails the tests: run bash install/test.sh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,15 +27,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "tests" / "lua").glob("*_spec.lua"))
 # Specs that start daemons and separate audio; the rest are unit specs that take milliseconds.
-INTEGRATION = {"actions_udp_spec.lua", "actions_cli_spec.lua", "daemon_start_spec.lua"}
+INTEGRATION = {"actions_spec.lua", "daemon_start_spec.lua"}
+HINT = "run bash install/test.sh (it installs lua5.4, lua-socket, busted, luacheck and reasam)"
 
 
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.skip(
-            f"{tool} is not installed (install/test.sh installs lua5.4, lua-socket, busted, luacheck)"
-        )
+        pytest.fail(f"{tool} is not installed: {HINT}")
     return path
 
 
@@ -38,7 +44,7 @@ def _reasam_bin() -> str:
         return str(exe)
     found = shutil.which("reasam")
     if found is None:
-        pytest.skip("the reasam command is not installed in this environment")
+        pytest.fail(f"the reasam command is not installed in this environment: {HINT}")
     return found
 
 
@@ -46,6 +52,56 @@ def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> s
     return subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
+
+
+def _spec_env(tmp: Path, marker: str) -> dict[str, str]:
+    """The environment of a busted run: none of the developer's REASAM_* settings or config
+    (an empty config file, a config folder of its own), a temporary folder of its own, and a
+    marker every process it starts inherits (see _end_processes)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REASAM_")}
+    if "REASAM_KEEP_TMP" in os.environ:
+        env["REASAM_KEEP_TMP"] = os.environ["REASAM_KEEP_TMP"]
+    config = tmp / "empty-config.toml"
+    config.touch()
+    (tmp / "xdg").mkdir(exist_ok=True)
+    env.update(
+        REASAM_BIN=_reasam_bin(),
+        REASAM_CONFIG=str(config),
+        XDG_CONFIG_HOME=str(tmp / "xdg"),
+        REASAM_TEST_TMP=str(tmp),
+        REASAM_TEST_RUN=marker,
+    )
+    return env
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Processes whose environment holds REASAM_TEST_RUN=marker (Linux /proc; elsewhere none)."""
+    entry = f"REASAM_TEST_RUN={marker}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if entry in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _end_processes(marker: str) -> list[int]:
+    """Ends what a spec left running (daemons it or the scripts started), even when busted was
+    killed for taking too long: SIGTERM, then SIGKILL after 5 s."""
+    pids = _processes_with(marker)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = [p for p in pids if p in _processes_with(marker)]
+        if not pids:
+            break
+    return pids
 
 
 def test_luacheck_is_clean() -> None:
@@ -60,62 +116,144 @@ def test_luacheck_is_clean() -> None:
     [pytest.param(s, marks=pytest.mark.slow) if s.name in INTEGRATION else s for s in SPECS],
     ids=[s.stem for s in SPECS],
 )
-def test_busted_spec(spec: Path) -> None:
+def test_busted_spec(spec: Path, tmp_path: Path) -> None:
     busted = _need("busted")
     _need("lua5.4")
-    env = {"REASAM_BIN": _reasam_bin()}
-    proc = _run([busted, "--lua=lua5.4", str(spec.relative_to(ROOT))], timeout=900, env=env)
+    marker = uuid.uuid4().hex
+    env = _spec_env(tmp_path, marker)
+    try:
+        proc = subprocess.run(
+            [busted, "--lua=lua5.4", str(spec.relative_to(ROOT))],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+    finally:
+        left = _end_processes(marker)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-12000:]
     assert " 0 failures / 0 errors" in out, out[-12000:]
+    assert " 0 pending" in out, out[-12000:]
+    assert not left, f"processes the spec started would not end: {left}"
+
+
+def test_spec_processes_are_ended(tmp_path: Path) -> None:
+    """What a spec leaves running (here a detached sleep, like a daemon) is ended at teardown."""
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc (Linux)")
+    marker = uuid.uuid4().hex
+    env = _spec_env(tmp_path, marker)
+    subprocess.run(
+        ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 < /dev/null &"], env=env, check=True, timeout=10
+    )
+    deadline = time.monotonic() + 5
+    while not _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_processes_with(marker)) == 1
+    assert _end_processes(marker) == []
+    assert _processes_with(marker) == []
 
 
 def test_every_spec_is_collected() -> None:
     names = {s.name for s in SPECS}
     assert names >= INTEGRATION
-    assert {"osc_spec.lua", "json_spec.lua", "selection_spec.lua", "settings_spec.lua"} <= names
+    assert {
+        "osc_spec.lua",
+        "json_spec.lua",
+        "selection_spec.lua",
+        "settings_spec.lua",
+        "importer_spec.lua",
+        "spawn_spec.lua",
+    } <= names
 
 
 # --- packaging -----------------------------------------------------------------------------
 
 
-def _sources(index: Path) -> tuple[str, list[tuple[str, str | None]]]:
+REPO_URL = "https://github.com/someone/reasam"  # any repository URL: the tests check the form
+RAW = "https://raw.githubusercontent.com/someone/reasam/main/reaper_scripts/ReaSAM/"
+COMMITTED_INDEX = ROOT / "reaper_scripts" / "index.xml"
+
+
+def _sources(index: Path) -> tuple[str, list[tuple[str, str | None, str]]]:
     root = ET.parse(index).getroot()
     version = root.find("./category/reapack/version")
     assert version is not None
-    return version.get("name", ""), sorted((s.get("file", ""), s.get("main")) for s in version.iter("source"))
+    sources = sorted((s.get("file", ""), s.get("main"), s.text or "") for s in version.iter("source"))
+    return version.get("name", ""), sources
 
 
-def test_reapack_index_is_up_to_date(tmp_path: Path) -> None:
-    """reaper_scripts/index.xml lists what the headers provide (regenerate: python tools/reapack_index.py)."""
-    out = tmp_path / "index.xml"
-    proc = _run(
-        [
-            sys.executable,
-            "tools/reapack_index.py",
-            "-o",
-            str(out),
-            "--commit",
-            "main",
-            "--url-template",
-            "https://example.invalid/$commit/$path",
-        ],
+def _index(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # No git repository (so no `origin` remote to fall back on) unless a test gives one.
+    base = {"GIT_DIR": str(tmp_path / "no-git"), "REASAM_REPO_URL": ""}
+    out = str(tmp_path / "index.xml")
+    return _run(
+        [sys.executable, "tools/reapack_index.py", "-o", out, "--commit", "main", *args],
         timeout=60,
+        env={**base, **(env or {})},
     )
+
+
+def test_reapack_index_from_the_repository_url(tmp_path: Path) -> None:
+    """python tools/reapack_index.py --repo-url URL writes what the headers provide, with URLs."""
+    proc = _index(tmp_path, "--repo-url", REPO_URL)
     assert proc.returncode == 0, proc.stderr
-    committed = ROOT / "reaper_scripts" / "index.xml"
-    assert _sources(out) == _sources(committed), "run: python tools/reapack_index.py"
+    out = tmp_path / "index.xml"
     _version, files = _sources(out)
-    mains = [f for f, main in files if main == "main"]
+    mains = [f for f, main, _url in files if main == "main"]
     assert len(mains) == 8
     assert "Separate selection - vocals.lua" in mains
-    assert all(f.startswith("lib/") for f, main in files if main is None)
-    root = ET.parse(committed).getroot()
+    assert all(f.startswith("lib/") for f, main, _url in files if main is None)
+    for f, _main, url in files:
+        assert url == RAW + f.replace(" ", "%20")
+    root = ET.parse(out).getroot()
     assert root.get("version") == "1" and root.get("name") == "ReaSAM"
     assert root.find("./category").get("name") == "ReaSAM"
-    for source in root.iter("source"):
-        assert source.text and source.text.startswith("https://")
-        assert " " not in source.text
+    # the same from the environment, and from a GitLab repository
+    assert _index(tmp_path, env={"REASAM_REPO_URL": REPO_URL + ".git"}).returncode == 0
+    assert _sources(out) == (_version, files)
+    assert _index(tmp_path, "--repo-url", "https://gitlab.com/group/sub/reasam").returncode == 0
+    assert all(
+        url.startswith("https://gitlab.com/group/sub/reasam/-/raw/main/reaper_scripts/ReaSAM/")
+        for _f, _m, url in _sources(out)[1]
+    )
+
+
+def test_reapack_index_is_not_written_without_a_url(tmp_path: Path) -> None:
+    proc = _index(tmp_path)
+    assert proc.returncode == 2
+    assert "no repository URL" in proc.stderr and "--repo-url" in proc.stderr
+    assert not (tmp_path / "index.xml").exists()
+    for template in (
+        "https://raw.githubusercontent.com/OWNER/REPO/$commit/$path",
+        "https://example.invalid/$commit/$path",
+        "http://host/$path",
+        "https://host/no-path-here",
+    ):
+        proc = _index(tmp_path, "--url-template", template)
+        assert proc.returncode == 2, template
+        assert not (tmp_path / "index.xml").exists()
+    proc = _index(tmp_path, "--repo-url", "https://example.org/me/reasam")
+    assert proc.returncode == 2 and "--url-template" in proc.stderr
+
+
+def test_committed_reapack_index_is_real_and_up_to_date(tmp_path: Path) -> None:
+    """An index.xml is committed only with the published repository's URLs (README, "In REAPER"):
+    never placeholders, and it lists what the headers provide (regenerate with the same URL)."""
+    if not COMMITTED_INDEX.exists():
+        return  # not published yet: nothing to check
+    text = COMMITTED_INDEX.read_text(encoding="utf-8")
+    assert "/OWNER/REPO/" not in text and "example.invalid" not in text, "placeholder URLs in index.xml"
+    _version, committed = _sources(COMMITTED_INDEX)
+    first = committed[0][2]
+    suffix = "/reaper_scripts/ReaSAM/" + committed[0][0].replace(" ", "%20")
+    assert first.startswith("https://") and first.endswith(suffix), first
+    base, commit = first[: -len(suffix)].rsplit("/", 1)
+    proc = _index(tmp_path, "--url-template", base + "/$commit/$path", "--commit", commit)
+    assert proc.returncode == 0, proc.stderr
+    assert _sources(tmp_path / "index.xml") == (_version, committed), "run: python tools/reapack_index.py"
 
 
 def test_reapack_headers_check() -> None:

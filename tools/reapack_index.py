@@ -8,19 +8,26 @@ one package per script carrying `@version` (here the metapackage `ReaSAM/ReaSAM.
 `@provides` lines (`[main]`, `[nomain]`, globs), each provided file becoming a `<source>` whose
 URL comes from a template with `$path` and `$commit`, like reapack-index's `--url-template`.
 
-Usage:
-    python tools/reapack_index.py                      # writes reaper_scripts/index.xml
-    python tools/reapack_index.py --check              # headers and provided files only
-    python tools/reapack_index.py --url-template 'https://raw.githubusercontent.com/ME/reasam/$commit/$path'
+ReaPack downloads every file from its `<source>` URL, so the index is only useful with the URL
+of a published copy of this repository. That URL comes from, first to last:
+  --url-template 'https://host/.../$commit/$path'
+  --repo-url https://github.com/YOU/reasam   (GitHub or GitLab web URL of the repository)
+  the environment variable REASAM_REPO_URL    (same form as --repo-url)
+  `git remote get-url origin`                 (when it is a GitHub or GitLab remote)
+With none of them nothing is written (exit 2): an index with placeholder URLs would install
+nothing. The project has no public repository of its own yet, so no index.xml is committed;
+whoever publishes it generates one with its URL and commits that (see README, "In REAPER").
 
-Without --url-template the template is derived from `git remote get-url origin` (GitHub), else
-a placeholder is written and a warning printed: ReaPack needs real URLs, so set it then.
+Usage:
+    python tools/reapack_index.py --repo-url https://github.com/YOU/reasam   # reaper_scripts/index.xml
+    python tools/reapack_index.py --check              # headers and provided files only
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import re
 import subprocess
 import sys
@@ -33,7 +40,8 @@ from xml.sax.saxutils import escape, quoteattr
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "reaper_scripts"
 INDEX_NAME = "ReaSAM"
-PLACEHOLDER = "https://raw.githubusercontent.com/OWNER/REPO/$commit/$path"
+REPO_URL_ENV = "REASAM_REPO_URL"
+EXIT_NO_URL = 2
 
 _TAG = re.compile(r"^--\s*@(\w+)\s*(.*)$")
 _SECTIONS = {
@@ -205,14 +213,50 @@ def git(*args: str) -> str | None:
         return None
 
 
-def default_template() -> str | None:
-    url = git("remote", "get-url", "origin")
-    if not url:
-        return None
-    m = re.match(r"^(?:https://github\.com/|git@github\.com:)([^/]+)/(.+?)(?:\.git)?/?$", url)
-    if not m:
-        return None
-    return f"https://raw.githubusercontent.com/{m.group(1)}/{m.group(2)}/$commit/$path"
+def template_for(repo_url: str) -> str | None:
+    """The raw-file URL template of a GitHub or GitLab repository, from its web or git URL."""
+    url = repo_url.strip()
+    m = re.match(r"^(?:https://github\.com/|git@github\.com:)([^/\s]+)/([^/\s]+?)(?:\.git)?/?$", url)
+    if m:
+        return f"https://raw.githubusercontent.com/{m.group(1)}/{m.group(2)}/$commit/$path"
+    m = re.match(r"^(?:https://gitlab\.com/|git@gitlab\.com:)([^\s]+?)(?:\.git)?/?$", url)
+    if m and "/" in m.group(1):
+        return f"https://gitlab.com/{m.group(1)}/-/raw/$commit/$path"
+    return None
+
+
+def url_template(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(template or None, where it came from or why there is none)."""
+    if args.url_template:
+        return args.url_template, "--url-template"
+    for given, origin in ((args.repo_url, "--repo-url"), (os.environ.get(REPO_URL_ENV, ""), REPO_URL_ENV)):
+        if given:
+            template = template_for(given)
+            if template is None:
+                return None, (
+                    f"{origin} {given!r} is not a GitHub or GitLab repository URL; pass the raw-file URL "
+                    "template with --url-template instead"
+                )
+            return template, origin
+    remote = git("remote", "get-url", "origin")
+    if remote and (template := template_for(remote)):
+        return template, "git remote origin"
+    return None, (
+        "no repository URL: ReaPack downloads every file from the index's URLs, so pass the URL of the "
+        f"published repository (--repo-url https://github.com/YOU/reasam, or {REPO_URL_ENV}, or "
+        "--url-template 'https://.../$commit/$path'); nothing written"
+    )
+
+
+def check_template(template: str) -> str | None:
+    """Why a URL template cannot be used, or None."""
+    if "$path" not in template:
+        return f"the URL template {template!r} has no $path"
+    if not template.startswith("https://"):
+        return f"the URL template {template!r} is not an https:// URL"
+    if re.search(r"/OWNER/REPO/|example\.(invalid|com|org)", template):
+        return f"the URL template {template!r} is a placeholder"
+    return None
 
 
 def cdata(s: str) -> str:
@@ -267,7 +311,15 @@ def render(packages: list[Package], template: str, commit: str, time: str) -> st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", "-o", type=Path, default=SCRIPTS / "index.xml")
-    ap.add_argument("--url-template", default=None, help="source URL with $path and $commit")
+    ap.add_argument(
+        "--repo-url",
+        default=None,
+        help=f"the published repository's GitHub or GitLab URL (default: ${REPO_URL_ENV}, else the git "
+        "remote origin)",
+    )
+    ap.add_argument(
+        "--url-template", default=None, help="source URL with $path and $commit (overrides --repo-url)"
+    )
     ap.add_argument(
         "--commit",
         default=None,
@@ -288,21 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(len(p.sources) for p in packages)
         print(f"{len(packages)} package(s), {n} file(s): OK")
         return 0
-    template = args.url_template or default_template()
-    if template is None:
-        print(
-            "reapack_index: warning: no --url-template and no GitHub remote; writing placeholder URLs "
-            f"({PLACEHOLDER})",
-            file=sys.stderr,
-        )
-        template = PLACEHOLDER
+    template, origin = url_template(args)
+    problem = check_template(template) if template else origin
+    if problem:
+        print(f"reapack_index: {problem}", file=sys.stderr)
+        return EXIT_NO_URL
     commit = args.commit
     if commit is None:
         dirty = git("status", "--porcelain", "--", str(SCRIPTS.relative_to(ROOT)))
         commit = (git("rev-parse", "HEAD") if dirty == "" else None) or "main"
     time = args.time or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     args.output.write_text(render(packages, template, commit, time), encoding="utf-8")
-    print(args.output)
+    print(f"{args.output} (URLs from {origin}: {template.replace('$commit', commit)})")
     return 0
 
 

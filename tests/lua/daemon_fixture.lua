@@ -61,8 +61,9 @@ function D.pid_alive(pid)
 end
 
 function D.env_for(dir)
-  -- What a daemon started by the scripts inherits (instead of the user's folders).
-  return string.format("REASAM_STATE_DIR='%s/state' REASAM_OUT='%s/out' REASAM_CACHE_MB=0", dir, dir)
+  -- What a daemon started by the scripts inherits (instead of the user's folders and config).
+  return H.isolated_env(dir) .. string.format(" REASAM_STATE_DIR='%s/state' REASAM_OUT='%s/out' REASAM_CACHE_MB=0",
+    dir, dir)
 end
 
 function D.start(opts)
@@ -71,9 +72,10 @@ function D.start(opts)
   d.port = D.free_port()
   d.token_file = d.dir .. "/token"
   d.log = d.dir .. "/serve.log"
-  local cmd = string.format("'%s' serve --host 127.0.0.1 --port %d --token-file '%s' --state-dir '%s/state' "
+  -- Never the developer's config.toml or config folder.
+  local cmd = string.format("env %s '%s' serve --host 127.0.0.1 --port %d --token-file '%s' --state-dir '%s/state' "
     .. "--out '%s/out' --cache-mb 0 > '%s' 2>&1 & echo $! > '%s/pid'",
-    d.bin, d.port, d.token_file, d.dir, d.dir, d.log, d.dir)
+    H.isolated_env(d.dir), d.bin, d.port, d.token_file, d.dir, d.dir, d.log, d.dir)
   os.execute(cmd)
   d.pid = D.read_token(d.dir .. "/pid")
   local deadline = socket.gettime() + (opts.timeout or 60)

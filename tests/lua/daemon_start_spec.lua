@@ -52,6 +52,11 @@ describe("when no daemon runs", function()
       assert.are.same({ "Mix", "drums", "drums residual" }, C.track_names(model))
       C.stems_sum(item, model.tracks[2].items[1], model.tracks[3].items[1])
       assert.is_true(model.max_tick < 0.1, ("a tick took %.3f s"):format(model.max_tick))
+      assert.are.same({}, model.blocking_calls)
+      assert.is_true(#model.exec >= 1)
+      for _, e in ipairs(model.exec) do
+        assert.are.equal(-1, e.timeout, "a blocking ExecProcess: " .. e.cmd)
+      end
       -- it keeps running for the next action, with its token where the settings say
       assert.is_truthy(D.ping(port, D.read_token(ddir .. "/token"), 1))
       assert.is_true(D.pid_alive(pid))

@@ -1,4 +1,5 @@
--- Shared set-up for the specs: paths, a fresh REAPER model, temporary folders.
+-- Shared set-up for the specs: paths, a fresh REAPER model, temporary folders, the environment
+-- of the processes the specs start, and encoders only the specs need.
 local model_mod = require("reaper_model")
 
 local H = {}
@@ -22,13 +23,25 @@ function H.action(name)
   return H.SCRIPTS .. "/" .. name .. ".lua"
 end
 
-local made = {}
+-- tests/test_lua.py gives each spec file its own temporary folder (and removes it, and ends
+-- every process the spec started, afterwards); run by hand, folders go under /tmp.
+local ROOT = os.getenv("REASAM_TEST_TMP")
+if ROOT == "" then ROOT = nil end
 
--- A fresh folder under /tmp, removed by H.cleanup() (unless REASAM_KEEP_TMP is set).
+local made = {}
+local seq = 0
+
+-- A fresh folder, removed by H.cleanup() (unless REASAM_KEEP_TMP is set).
 function H.tmpdir(tag)
-  local p = os.tmpname()
-  os.remove(p)
-  p = p .. "-" .. (tag or "reasam")
+  local p
+  if ROOT then
+    seq = seq + 1
+    p = string.format("%s/%s-%d-%06x", ROOT, tag or "reasam", seq, math.random(0, 0xFFFFFF))
+  else
+    p = os.tmpname()
+    os.remove(p)
+    p = p .. "-" .. (tag or "reasam")
+  end
   os.execute("mkdir -p '" .. p .. "'")
   made[#made + 1] = p
   return p
@@ -41,12 +54,25 @@ function H.cleanup()
 end
 
 function H.rmtree(p)
-  if p and p:match("^/tmp/") then os.execute("rm -rf '" .. p .. "'") end
+  if not p or p:find("'", 1, true) or p:find("/%.%./") then return end
+  if p:match("^/tmp/.") or (ROOT and p:sub(1, #ROOT + 1) == ROOT .. "/") then os.execute("rm -rf '" .. p .. "'") end
 end
 
+-- Environment assignments (for `env`) that keep a reasam process away from the developer's own
+-- configuration: an empty config file, a config folder of its own (token, config.toml).
+function H.isolated_env(dir)
+  os.execute("mkdir -p '" .. dir .. "/xdg'")
+  local f = assert(io.open(dir .. "/empty-config.toml", "w"))
+  f:close()
+  return string.format("REASAM_CONFIG='%s/empty-config.toml' XDG_CONFIG_HOME='%s/xdg'", dir, dir)
+end
+
+-- A model whose ExecProcess runs commands in an isolated environment (opts.exec_env adds to it).
 function H.model(opts)
   opts = opts or {}
   opts.resource = opts.resource or H.tmpdir("res")
+  local iso = H.isolated_env(H.tmpdir("env"))
+  opts.exec_env = opts.exec_env and (iso .. " " .. opts.exec_env) or iso
   return model_mod.new(opts)
 end
 
@@ -54,6 +80,48 @@ end
 function H.lib(model, name)
   model._lib_env = model._lib_env or model.lib_env(H.LIB)
   return model._lib_env.require(name)
+end
+
+-- Compact JSON, keys sorted (the scripts only decode JSON).
+function H.json_encode(v)
+  local t = type(v)
+  if v == nil then return "null" end
+  if t == "boolean" then return tostring(v) end
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    if math.type(v) == "integer" then return tostring(v) end
+    return string.format("%.17g", v)
+  end
+  if t == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c)
+      local map = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+      return map[c] or string.format("\\u%04x", c:byte())
+    end) .. '"'
+  end
+  if t == "table" then
+    if #v > 0 or next(v) == nil then
+      local parts = {}
+      for i = 1, #v do parts[i] = H.json_encode(v[i]) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = H.json_encode(k) .. ":" .. H.json_encode(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  error("cannot encode a " .. t .. " as JSON")
+end
+
+-- An OSC bundle of already-encoded elements (messages or bundles); the daemon may send them.
+function H.osc_bundle(elements, timetag)
+  local function osc_string(s) return s .. string.rep("\0", 4 - #s % 4) end
+  local sec, frac = 0, 1 -- "immediately"
+  if timetag then sec, frac = timetag[1], timetag[2] end
+  local parts = { osc_string("#bundle"), string.pack(">I4I4", sec, frac) }
+  for _, e in ipairs(elements) do parts[#parts + 1] = string.pack(">i4", #e) .. e end
+  return table.concat(parts)
 end
 
 return H

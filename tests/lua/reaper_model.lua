@@ -332,6 +332,22 @@ function M.new(opts)
     edit()
     return item
   end
+  R.DeleteTrack = function(tr)
+    assert(tr and tr.kind == "track" and alive_track(tr), "DeleteTrack: not a track")
+    table.remove(model.tracks, model.track_index(tr))
+    edit()
+  end
+  R.DeleteTrackMediaItem = function(tr, item)
+    assert(tr and tr.kind == "track" and alive_track(tr), "DeleteTrackMediaItem: not a track")
+    for i, x in ipairs(tr.items) do
+      if x == item then
+        table.remove(tr.items, i)
+        edit()
+        return true
+      end
+    end
+    return false
+  end
   R.AddTakeToMediaItem = function(item)
     local take = { kind = "take", item = item, info = {}, ext = {}, name = "", stretch = 0 }
     for k, v in pairs(TAKE_KEYS) do take.info[k] = v end
@@ -480,8 +496,26 @@ function M.new(opts)
   end
 
   -- Scripts and the defer driver ---------------------------------------------------------------
+  -- What a script sees of os and io: everything, except the calls that would freeze REAPER
+  -- (os.execute, io.popen wait for the command) or quit it (os.exit). They raise, so a spec
+  -- fails on the first blocking call; file I/O (io.open, os.remove, ...) stays.
+  local function forbid(name, why)
+    return function()
+      model.blocking_calls[#model.blocking_calls + 1] = name
+      error(name .. " " .. why .. " in REAPER: use reaper.ExecProcess(cmd, -1)", 2)
+    end
+  end
+  model.blocking_calls = {}
+  local script_os = setmetatable({
+    execute = forbid("os.execute", "blocks the UI until the command ends"),
+    exit = forbid("os.exit", "quits REAPER"),
+  }, { __index = os })
+  local script_io = setmetatable({
+    popen = forbid("io.popen", "blocks the UI until the command ends"),
+  }, { __index = io })
+
   -- A script's environment: its own `reaper` proxy (defer/atexit/get_action_context bound to
-  -- the script), its own package table and require cache.
+  -- the script), its own package table and require cache, and the os/io above.
   function model.new_env(path)
     local script = { path = path, atexits = {}, alive = true, pending = 0, errors = {} }
     local proxy = setmetatable({}, { __index = R })
@@ -493,7 +527,8 @@ function M.new(opts)
     proxy.atexit = function(fn) script.atexits[#script.atexits + 1] = fn end
     proxy.get_action_context = function() return false, path, 0, 0, -1, -1, -1, "" end
     local pkg = setmetatable({ path = package.path, cpath = package.cpath, loaded = {} }, { __index = package })
-    local env = setmetatable({ reaper = proxy, gfx = gfx, package = pkg }, { __index = _G })
+    local env = setmetatable({ reaper = proxy, gfx = gfx, package = pkg, os = script_os, io = script_io },
+      { __index = _G })
     env._G = env
     env.require = function(name)
       if pkg.loaded[name] ~= nil then return pkg.loaded[name] end

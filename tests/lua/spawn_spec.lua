@@ -57,4 +57,144 @@ describe("spawn", function()
     assert.is_nil(io.open(old))
     assert.is_truthy(io.open(new))
   end)
+
+  it("is never a blocking call: the script environment refuses os.execute, io.popen, os.exit", function()
+    local env = model.new_env("/none.lua")
+    for _, call in ipairs({ "os.execute('sleep 5')", "io.popen('sleep 5')", "os.exit(0)" }) do
+      local chunk = assert(load("return " .. call, "=spec", "t", env))
+      local ok, err = pcall(chunk)
+      assert.is_false(ok, call)
+      assert.matches("in REAPER: use reaper.ExecProcess", err)
+    end
+    assert.are.same({ "os.execute", "io.popen", "os.exit" }, model.blocking_calls)
+    -- file I/O stays
+    local f = assert(env.io.open(H.TESTS .. "/helpers.lua", "rb"))
+    f:close()
+    assert.is_function(env.os.remove)
+    assert.is_function(env.os.time)
+    -- an action that blocks fails its run
+    local dir = H.tmpdir("blocking")
+    local action = dir .. "/Blocking action.lua"
+    local out = assert(io.open(action, "w"))
+    out:write("os.execute('sleep 5')\n")
+    out:close()
+    local t0 = socket.gettime()
+    model.run_action(action)
+    assert.is_true(socket.gettime() - t0 < 1)
+    assert.are.equal(1, #model.errors)
+    assert.matches("os.execute blocks the UI", model.errors[1])
+  end)
+end)
+
+describe("quoting", function()
+  teardown(function() H.cleanup() end)
+
+  local posix, win
+  setup(function()
+    posix = H.lib(H.model(), "util")
+    win = H.lib(H.model({ os_name = "Win64" }), "util")
+  end)
+
+  it("for /bin/sh: plain words as they are, the rest in single quotes", function()
+    assert.are.equal("/usr/bin/reasam", posix.sh_quote("/usr/bin/reasam"))
+    assert.are.equal("--prompt=-drums", posix.sh_quote("--prompt=-drums"))
+    assert.are.equal("''", posix.sh_quote(""))
+    assert.are.equal("'a b'", posix.sh_quote("a b"))
+    assert.are.equal("'it'\\''s'", posix.sh_quote("it's"))
+    assert.are.equal("'$HOME `x` \"q\" 100%'", posix.sh_quote('$HOME `x` "q" 100%'))
+    assert.are.equal("reasam 'a b'", posix.command_line({ "reasam", "a b" }))
+    assert.are.equal(posix.sh_quote("a b"), posix.quote("a b"))
+  end)
+
+  it("for a .cmd script line: double quotes, % doubled, trailing backslashes doubled", function()
+    assert.are.equal("C:\\ReaSAM\\reasam.exe", win.win_quote("C:\\ReaSAM\\reasam.exe"))
+    assert.are.equal('""', win.win_quote(""))
+    assert.are.equal('"a b"', win.win_quote("a b"))
+    assert.are.equal('"C:\\Program Files\\x"', win.win_quote("C:\\Program Files\\x"))
+    assert.are.equal('"C:\\out dir\\\\"', win.win_quote("C:\\out dir\\")) -- \" would escape the quote
+    -- cmd expands %VAR% even inside double quotes in a .cmd file: %% is a literal %
+    assert.are.equal('"50%%"', win.win_quote("50%"))
+    assert.are.equal('"--prompt=100%% %%PATH%% noise"', win.win_quote("--prompt=100% %PATH% noise"))
+    assert.are.equal('"a&b|c<d>e^f"', win.win_quote("a&b|c<d>e^f"))
+    assert.are.equal('"(x)"', win.win_quote("(x)"))
+    assert.are.equal(win.win_quote("a b"), win.quote("a b"))
+    assert.are.equal('reasam send "--prompt=a dog"', win.command_line({ "reasam", "send", "--prompt=a dog" }))
+  end)
+
+  it("refuses what cmd cannot pass, with a message that says what to do", function()
+    local q, err = win.win_quote('--prompt=the "lead" vocal')
+    assert.is_nil(q)
+    assert.matches('cannot pass %-%-prompt=the "lead" vocal to a command on Windows', err)
+    assert.matches("double quote", err)
+    assert.matches("Mavriq Lua Sockets", err)
+    assert.is_nil((win.win_quote("two\nlines")))
+    local line, lerr = win.command_line({ "reasam", "send", 'say "hi"' })
+    assert.is_nil(line)
+    assert.matches("double quote", lerr)
+    -- on POSIX the same is quoted, not refused
+    assert.are.equal("'say \"hi\"'", posix.quote('say "hi"'))
+  end)
+
+  it("for PowerShell: single quotes, ' doubled", function()
+    assert.are.equal("'C:\\Users\\O''Neil'", win.ps_quote("C:\\Users\\O'Neil"))
+  end)
+end)
+
+describe("spawn on Windows (the scripts it writes)", function()
+  teardown(function() H.cleanup() end)
+
+  local model, spawn
+  before_each(function()
+    model = H.model({ os_name = "Win64" })
+    spawn = H.lib(model, "spawn")
+  end)
+
+  it("records output and exit code of a command, % doubled", function()
+    local text = assert(spawn.command_script({ "C:\\re sam\\reasam.exe", "send", "--prompt=100% snare" },
+      { out = "C:\\R\\a.out", err = "C:\\R\\a.err", rc = "C:\\R\\a.rc" }))
+    assert.are.equal(table.concat({
+      "@echo off",
+      '"C:\\re sam\\reasam.exe" send "--prompt=100%% snare" > C:\\R\\a.out 2> C:\\R\\a.err < NUL',
+      "echo %ERRORLEVEL% > C:\\R\\a.rc.part",
+      "move /Y C:\\R\\a.rc.part C:\\R\\a.rc > NUL",
+      "",
+    }, "\r\n"), text)
+    assert.are.equal('cmd.exe /D /C ""C:\\R\\a b.cmd""', spawn.launch_command("C:\\R\\a b.cmd"))
+  end)
+
+  it("refuses a prompt with a double quote before starting anything", function()
+    local h, err = spawn.command("send", { "reasam", "send", '--prompt=the "lead" vocal' })
+    assert.is_nil(h)
+    assert.matches("double quote", err)
+    assert.are.equal(0, #model.exec)
+  end)
+
+  it("starts the daemon hidden, with its own output in the log and its process id in the pid file", function()
+    local s = assert(spawn.detached_scripts({ "C:\\venv\\reasam.exe", "serve", "--port", "9797" },
+      "C:\\Users\\O'Neil\\100%\\daemon.log", "C:\\Users\\O'Neil\\100%\\daemon.pid", "C:\\run\\start-1-run.cmd"))
+    -- the runner runs the daemon itself, redirected: the log gets the daemon's output
+    assert.are.equal(table.concat({
+      "@echo off",
+      'cd /D "%USERPROFILE%"',
+      [[C:\venv\reasam.exe serve --port 9797 >> "C:\Users\O'Neil\100%%\daemon.log" 2>&1 < NUL]],
+      "",
+    }, "\r\n"), s.runner)
+    assert.is_nil(s.runner:find("start ", 1, true))
+    -- the launcher starts the runner through PowerShell, which gives its process id
+    local lines = {}
+    for l in s.launcher:gmatch("([^\r\n]+)") do lines[#lines + 1] = l end
+    assert.are.equal("@echo off", lines[1])
+    assert.are.equal('powershell.exe -NoProfile -NonInteractive -WindowStyle Hidden -Command "'
+      .. "$p = Start-Process -FilePath 'C:\\run\\start-1-run.cmd' -WindowStyle Hidden -PassThru; "
+      .. "[IO.File]::WriteAllText('C:\\Users\\O''Neil\\100%%\\daemon.pid', [string]$p.Id)\"", lines[2])
+    assert.are.equal('(goto) 2>nul & del "%~f0"', lines[3])
+  end)
+
+  it("on POSIX: setsid in the background, $! in the pid file, the daemon's output in the log", function()
+    local posix = H.lib(H.model(), "spawn")
+    local s = assert(posix.detached_scripts({ "/opt/re sam/reasam", "serve" }, "/tmp/x/daemon.log", "/tmp/x/d.pid"))
+    assert.is_nil(s.runner)
+    assert.matches("\n  setsid '/opt/re sam/reasam' serve >> /tmp/x/daemon.log 2>&1 < /dev/null &\n", s.launcher)
+    assert.matches("\necho %$! > /tmp/x/d.pid\n", s.launcher)
+  end)
 end)

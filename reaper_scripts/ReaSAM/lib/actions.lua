@@ -167,7 +167,6 @@ local function settings_dialog()
   end
   return true
 end
-actions.settings_dialog = settings_dialog
 
 local function status_text(pong, status_json, t)
   local lines = {}
@@ -210,7 +209,6 @@ local function status_text(pong, status_json, t)
   lines[#lines + 1] = "Daemon log (when started by ReaSAM): " .. daemon.log_path()
   return table.concat(lines, "\n")
 end
-actions.status_text = status_text
 
 -- Pings (without starting anything), asks the daemon's job list, then shows it and offers the
 -- settings dialog. Waits in a defer loop.

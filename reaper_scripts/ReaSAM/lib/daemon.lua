@@ -50,7 +50,6 @@ local function log_tail(n)
   local first = math.max(1, #lines - (n or 6) + 1)
   return table.concat(lines, "\n", first)
 end
-daemon.log_tail = log_tail
 
 local Connector = {}
 Connector.__index = Connector

@@ -42,8 +42,45 @@ local function valid(ptr, kind)
   return true
 end
 
+-- What one import call changed, so that a failure can take it back: the tracks and items it
+-- created, and the values it changed on objects that were there before.
+local function new_changes()
+  return { tracks = {}, items = {}, values = {} }
+end
+
+local ACCESSORS = {
+  ["MediaTrack*"] = { "GetMediaTrackInfo_Value", "SetMediaTrackInfo_Value" },
+  ["MediaItem*"] = { "GetMediaItemInfo_Value", "SetMediaItemInfo_Value" },
+}
+
+-- Sets a value on an object that existed before this import, remembering the old value.
+local function set_existing(changes, kind, obj, key, value)
+  local get, set = reaper[ACCESSORS[kind][1]], reaper[ACCESSORS[kind][2]]
+  changes.values[#changes.values + 1] = { kind, obj, key, get(obj, key) }
+  set(obj, key, value)
+end
+
+-- Deletes what a failed call created and restores what it changed, newest first, so the undo
+-- block it was in holds no change.
+local function roll_back(changes)
+  local gone = {}
+  for i = #changes.tracks, 1, -1 do
+    local tr = changes.tracks[i]
+    if valid(tr, "MediaTrack*") then reaper.DeleteTrack(tr) end
+    gone[tr] = true
+  end
+  for i = #changes.items, 1, -1 do
+    local e = changes.items[i]
+    if not gone[e.track] and valid(e.item, "MediaItem*") then reaper.DeleteTrackMediaItem(e.track, e.item) end
+  end
+  for i = #changes.values, 1, -1 do
+    local kind, obj, key, old = table.unpack(changes.values[i])
+    if valid(obj, kind) then reaper[ACCESSORS[kind][2]](obj, key, old) end
+  end
+end
+
 -- Creates (or, for a second item of the same batch on the same track, reuses) the tracks.
-local function tracks_for(job, opts)
+local function tracks_for(job, opts, changes)
   local src_track = job.request.track
   if not valid(src_track, "MediaTrack*") then src_track = nil end
   local guid = src_track and reaper.GetTrackGUID(src_track) or "none"
@@ -61,6 +98,7 @@ local function tracks_for(job, opts)
   for i, entry in ipairs(names) do
     reaper.InsertTrackAtIndex(at + i - 1, true)
     local tr = reaper.GetTrack(0, at + i - 1)
+    changes.tracks[#changes.tracks + 1] = tr
     set_name(tr, entry[2])
     reaper.GetSetMediaTrackInfo_String(tr, "P_EXT:reasam_key", base .. ":" .. entry[1], true)
     reaper.SetMediaTrackInfo_Value(tr, "I_FOLDERDEPTH", 0)
@@ -78,7 +116,7 @@ local function tracks_for(job, opts)
   if src_track then
     local depth = reaper.GetMediaTrackInfo_Value(src_track, "I_FOLDERDEPTH")
     if depth < 0 then
-      reaper.SetMediaTrackInfo_Value(src_track, "I_FOLDERDEPTH", 0)
+      set_existing(changes, "MediaTrack*", src_track, "I_FOLDERDEPTH", 0)
       close = close + depth
     end
   end
@@ -112,12 +150,13 @@ end
 
 local TAKE_COPY = { "D_PLAYRATE", "B_PPITCH", "D_PITCH", "I_PITCHMODE", "D_VOL", "D_PAN", "I_CHANMODE" }
 
-local function add_item(track, path, place, job, role, stem_name)
+local function add_item(track, path, place, job, role, stem_name, changes)
   local req = job.request
   local item = reaper.AddMediaItemToTrack(track)
+  changes.items[#changes.items + 1] = { track = track, item = item }
   local take = reaper.AddTakeToMediaItem(item)
   local src = reaper.PCM_Source_CreateFromFile(path)
-  if not src then error("REAPER could not open " .. path) end
+  if not src then error("REAPER could not open " .. path, 0) end
   reaper.SetMediaItemTake_Source(take, src)
   reaper.SetMediaItemInfo_Value(item, "D_POSITION", place.position)
   reaper.SetMediaItemInfo_Value(item, "D_LENGTH", place.length)
@@ -175,30 +214,37 @@ function importer.stems(manifest)
   return target, residual
 end
 
--- Imports one job. opts: { folder, mute, batch }. Returns { items, sources } or nil, message.
+-- Imports one job. opts: { folder, mute, batch }. Returns { items, sources, tracks } or nil,
+-- message. A failure half-way leaves the project as it was: what this call created is deleted
+-- (and what it changed restored) before the undo block closes.
 function importer.import(job, manifest, opts)
   local target, residual = importer.stems(manifest)
   if not target then return nil, residual end
   local rate = tonumber(manifest.sample_rate)
   local result = { items = {}, sources = {}, tracks = {} }
+  local changes = new_changes()
   reaper.Undo_BeginBlock()
   reaper.PreventUIRefresh(1)
   local ok, err = pcall(function()
-    local tr_target, tr_residual = tracks_for(job, opts)
+    local tr_target, tr_residual = tracks_for(job, opts, changes)
     result.tracks = { tr_target, tr_residual }
     for _, pair in ipairs({ { tr_target, target, "target" }, { tr_residual, residual, "residual" } }) do
       local place = importer.placement(job.request, pair[2], rate)
-      if place.length <= 0 then error("the stem does not overlap the item") end
+      if place.length <= 0 then error("the stem does not overlap the item", 0) end
       local stem_name = (pair[3] == "residual") and settings.track_name("residual", job.prompt_name)
         or settings.track_name("target", job.prompt_name)
-      local item, _, src = add_item(pair[1], pair[2].path, place, job, pair[3], stem_name)
+      local item, _, src = add_item(pair[1], pair[2].path, place, job, pair[3], stem_name, changes)
       result.items[#result.items + 1] = item
       result.sources[#result.sources + 1] = src
     end
     if opts.mute and valid(job.request.item, "MediaItem*") then
-      reaper.SetMediaItemInfo_Value(job.request.item, "B_MUTE", 1)
+      set_existing(changes, "MediaItem*", job.request.item, "B_MUTE", 1)
     end
   end)
+  if not ok then
+    local rolled, rerr = pcall(roll_back, changes)
+    if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
+  end
   reaper.PreventUIRefresh(-1)
   reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1)
   reaper.UpdateArrange()

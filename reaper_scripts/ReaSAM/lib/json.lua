@@ -1,6 +1,6 @@
 -- @noindex
--- A small, strict JSON decoder (and a compact encoder) for status.json / manifest.json and the
--- daemon's /reasam/status reply. JSON null decodes to json.null so keys stay visible.
+-- A small, strict JSON decoder for status.json / manifest.json and the daemon's /reasam/status
+-- reply (the scripts never write JSON). JSON null decodes to json.null so keys stay visible.
 local json = {}
 
 json.null = setmetatable({}, { __tostring = function() return "null" end })
@@ -128,39 +128,6 @@ function json.decode(s)
   pos = skip(s, pos)
   if pos <= #s then return nil, string.format("JSON: trailing text at character %d", pos) end
   return value
-end
-
-local function encode_string(v)
-  return '"' .. v:gsub('[%c"\\]', function(c)
-    local map = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-    return map[c] or string.format("\\u%04x", c:byte())
-  end) .. '"'
-end
-
-function json.encode(v)
-  local t = type(v)
-  if v == nil or v == json.null then return "null" end
-  if t == "boolean" then return tostring(v) end
-  if t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return "null" end
-    if math.type(v) == "integer" then return tostring(v) end
-    return string.format("%.17g", v)
-  end
-  if t == "string" then return encode_string(v) end
-  if t == "table" then
-    if #v > 0 or next(v) == nil then
-      local parts = {}
-      for i = 1, #v do parts[i] = json.encode(v[i]) end
-      return "[" .. table.concat(parts, ",") .. "]"
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-    table.sort(keys)
-    local parts = {}
-    for _, k in ipairs(keys) do parts[#parts + 1] = encode_string(k) .. ":" .. json.encode(v[k]) end
-    return "{" .. table.concat(parts, ",") .. "}"
-  end
-  error("cannot encode a " .. t .. " as JSON")
 end
 
 return json

@@ -64,17 +64,6 @@ function osc.encode(address, args)
   return osc_string(address) .. osc_string(table.concat(tags)) .. table.concat(data)
 end
 
--- Bundle of already-encoded elements (messages or bundles).
-function osc.bundle(elements, timetag)
-  local sec, frac = 0, 1 -- "immediately"
-  if timetag then sec, frac = timetag[1], timetag[2] end
-  local parts = { osc_string("#bundle"), string.pack(">I4I4", sec, frac) }
-  for _, e in ipairs(elements) do
-    parts[#parts + 1] = string.pack(">i4", #e) .. e
-  end
-  return table.concat(parts)
-end
-
 local function read_string(data, pos)
   local z = data:find("\0", pos, true)
   if not z then return nil, "unterminated string" end

@@ -171,10 +171,19 @@ function Run:on_event(ev, now)
   end
   local job = ev.job_id and self:job(ev.job_id)
   if not job then return end
+  if ev.type == "cancel_result" then
+    -- (cli) `reasam cancel` ended. A confirmed cancel shows in status.json; anything else
+    -- (not_found while `reasam send` is still starting, no answer) is asked again from step().
+    job.cancel_inflight = nil
+    if ev.rc == 0 and ev.state == "cancelled" then self:set_final(job, "cancelled", "cancelled") end
+    return
+  end
   self.last_news = now
   job.last_news = now
   if FINAL[job.state] then return end
   if ev.type == "accepted" then
+    -- (cli) the job exists in the daemon only now: a cancel sent before may have found nothing.
+    if job.state == "cancelling" then job.cancel_now = true end
     if job.state == "sent" then
       job.state = "queued"
       job.stage = (ev.queue_position and ev.queue_position > 0)
@@ -242,6 +251,7 @@ function Run:poll_files(now)
       local text = util.read_file(util.join(self:job_dir(job), "status.json"))
       local st = text and json.decode(text)
       if type(st) == "table" and st.job_id == job.id then
+        job.file_state = st.state
         if text ~= job.last_status_text then
           job.last_status_text = text
           self.last_news = now
@@ -318,6 +328,27 @@ function Run:build_peaks(now)
   end
 end
 
+function Run:send_cancel(job, now)
+  job.cancel_sent = now
+  job.cancel_now = nil
+  if not self.t then return end
+  local ok = self.t:cancel(job.id)
+  -- A `reasam cancel` process reports back (cancel_result); a datagram does not.
+  job.cancel_inflight = ok and self.t.kind == "cli" or nil
+end
+
+-- Whether a cancel should be sent again now. UDP: every RESEND_AFTER until confirmed (the
+-- daemon answers a cancel of a finished job with its final state). CLI: while status.json says
+-- queued or running, or does not exist yet (`reasam send` may still be starting, and a cancel
+-- that arrives before it finds nothing), once the previous `reasam cancel` has ended.
+function Run:cancel_due(job, now)
+  if self.t.kind ~= "cli" then return now - job.cancel_sent > RESEND_AFTER end
+  if job.cancel_inflight then return false end
+  local st = job.file_state
+  if st ~= nil and st ~= "queued" and st ~= "running" then return false end
+  return job.cancel_now or now - job.cancel_sent > RESEND_AFTER
+end
+
 function Run:cancel(reason)
   if self.cancelling then return end
   self.cancelling = true
@@ -332,8 +363,7 @@ function Run:cancel(reason)
       job.state = "cancelling"
       job.stage = "cancelling"
       job.cancel_at = now
-      job.cancel_sent = now
-      if self.t then self.t:cancel(job.id) end
+      self:send_cancel(job, now)
     end
   end
 end
@@ -406,9 +436,8 @@ function Run:step()
       elseif job.state == "cancelling" then
         if now - job.cancel_at > CANCEL_WAIT then
           self:set_final(job, "cancelled", "cancel sent; the daemon did not confirm it")
-        elseif self.t.kind == "udp" and now - job.cancel_sent > RESEND_AFTER then
-          job.cancel_sent = now
-          self.t:cancel(job.id)
+        elseif self:cancel_due(job, now) then
+          self:send_cancel(job, now)
         end
       end
     end

@@ -29,7 +29,6 @@ local function item_label(item, take)
   end
   return string.format("item on track %d at %s", tn, util.clock(pos))
 end
-selection.item_label = item_label
 
 local function source_length(src)
   local len, is_qn = reaper.GetMediaSourceLength(src)

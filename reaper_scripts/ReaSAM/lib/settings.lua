@@ -73,7 +73,6 @@ local function parse(name, text)
     return nil, label .. ": one of " .. table.concat(names, ", ") .. ", not '" .. text .. "'"
   end
 end
-settings.parse = parse
 
 local function format(name, value)
   local kind = settings.SPEC[name][1]
@@ -104,12 +103,6 @@ function settings.set(name, value)
   if v == nil then return nil, err end
   reaper.SetExtState(settings.SECTION, name, format(name, v), true)
   return true
-end
-
-function settings.all()
-  local out = {}
-  for name in pairs(settings.SPEC) do out[name] = settings.get(name) end
-  return out
 end
 
 -- The token file the daemon writes on first start (protocol: mode 0600, owner only); the same

@@ -38,26 +38,63 @@ function spawn.sweep(max_age)
   return #old
 end
 
-local function dq(path)
-  -- ExecProcess splits its command line on spaces and honours double quotes on every platform.
-  return '"' .. path .. '"'
-end
-
 local function new_base(name)
   seq = seq + 1
   local id = util.new_id(name)
   return util.join(spawn.run_dir(), string.format("%s-%d", id, seq))
 end
 
-local function launch(script_path)
-  local cmd
-  if util.is_windows() then
-    cmd = 'cmd.exe /C "' .. dq(script_path) .. '"'
-  else
-    cmd = "/bin/sh " .. dq(script_path)
+-- Quotes every value of a table of paths (util.quote); nil, message when one cannot be.
+local function quoted(paths)
+  local out = {}
+  for k, v in pairs(paths) do
+    local q, err = util.quote(v)
+    if not q then return nil, err end
+    out[k] = q
   end
+  return out
+end
+
+-- The command line that runs a script written by this module. ExecProcess splits it on spaces
+-- and honours double quotes on every platform (no shell, so no single quotes).
+function spawn.launch_command(script_path)
+  if util.is_windows() then
+    -- cmd /C strips the outer pair of quotes; /D skips AutoRun commands.
+    return 'cmd.exe /D /C ""' .. script_path .. '""'
+  end
+  return '/bin/sh "' .. script_path .. '"'
+end
+
+local function launch(script_path)
+  local cmd = spawn.launch_command(script_path)
   reaper.ExecProcess(cmd, -1)
   return cmd
+end
+
+-- The script that runs args and records stdout, stderr and the exit code in files.out,
+-- files.err and files.rc (written last, through a rename, so a poller never sees half of it).
+-- Returns its text, or nil, message when an argument cannot be passed on this platform.
+function spawn.command_script(args, files)
+  local line, err = util.command_line(args)
+  if not line then return nil, err end
+  local q, qerr = quoted({ out = files.out, err = files.err, rc = files.rc, part = files.rc .. ".part" })
+  if not q then return nil, qerr end
+  if util.is_windows() then
+    return table.concat({
+      "@echo off",
+      line .. " > " .. q.out .. " 2> " .. q.err .. " < NUL",
+      "echo %ERRORLEVEL% > " .. q.part,
+      "move /Y " .. q.part .. " " .. q.rc .. " > NUL",
+      "",
+    }, "\r\n")
+  end
+  return table.concat({
+    "#!/bin/sh",
+    line .. " > " .. q.out .. " 2> " .. q.err .. " < /dev/null",
+    "echo $? > " .. q.part,
+    "mv -f " .. q.part .. " " .. q.rc,
+    "",
+  }, "\n")
 end
 
 local Handle = {}
@@ -76,60 +113,56 @@ function Handle:poll()
   return rc, out, err
 end
 
-function Handle:age()
-  return util.now() - self.started
-end
-
--- Runs args (a list: program first) in the background; returns a handle to poll.
+-- Runs args (a list: program first) in the background; returns a handle to poll, or nil, message
+-- (nothing is started then).
 function spawn.command(name, args)
+  local line_ok, qerr = util.command_line(args)
+  if not line_ok then return nil, qerr end
   local base = new_base(name)
-  local h = setmetatable({
-    out = base .. ".out", err = base .. ".err", rc = base .. ".rc", started = util.now(),
-  }, Handle)
-  local line = util.command_line(args)
-  local text
-  if util.is_windows() then
-    h.script = base .. ".cmd"
-    text = table.concat({
-      "@echo off",
-      line .. " > " .. dq(h.out) .. " 2> " .. dq(h.err) .. " < NUL",
-      "echo %ERRORLEVEL% > " .. dq(h.rc .. ".part"),
-      "move /Y " .. dq(h.rc .. ".part") .. " " .. dq(h.rc) .. " > NUL",
-      "",
-    }, "\r\n")
-  else
-    h.script = base .. ".sh"
-    text = table.concat({
-      "#!/bin/sh",
-      line .. " > " .. util.sh_quote(h.out) .. " 2> " .. util.sh_quote(h.err) .. " < /dev/null",
-      "echo $? > " .. util.sh_quote(h.rc .. ".part"),
-      "mv -f " .. util.sh_quote(h.rc .. ".part") .. " " .. util.sh_quote(h.rc),
-      "",
-    }, "\n")
-  end
+  local h = setmetatable({ out = base .. ".out", err = base .. ".err", rc = base .. ".rc" }, Handle)
+  h.script = base .. (util.is_windows() and ".cmd" or ".sh")
+  local text, terr = spawn.command_script(args, h)
+  if not text then return nil, terr end
   local ok, err = util.write_file(h.script, text)
   if not ok then return nil, "cannot write " .. h.script .. ": " .. tostring(err) end
   h.cmd = launch(h.script)
   return h
 end
 
--- Starts a long-running process detached from REAPER (the daemon). Output is appended to
--- log_path; its process id is written to pid_path. Returns the command used.
-function spawn.detached(args, log_path, pid_path)
-  local base = new_base("start")
-  local line = util.command_line(args)
-  local script, text
+-- The scripts that start a long-running process detached from REAPER: { launcher = text,
+-- runner = text or nil }. The process's stdout and stderr are appended to log_path and its
+-- process id is written to pid_path.
+--   POSIX: the launcher starts it with setsid (or nohup) in the background and writes $!.
+--   Windows: the launcher has PowerShell's Start-Process run runner_path (a .cmd that runs the
+--   process with its output redirected) hidden, and writes that cmd.exe's process id: the
+--   process is its child (`taskkill /T /PID <pid>` ends both).
+function spawn.detached_scripts(args, log_path, pid_path, runner_path)
+  local line, err = util.command_line(args)
+  if not line then return nil, err end
+  local q, qerr = quoted({ log = log_path, pid = pid_path })
+  if not q then return nil, qerr end
   if util.is_windows() then
-    script = base .. ".cmd"
-    text = table.concat({
-      "@echo off",
-      'start "ReaSAM daemon" /MIN ' .. line .. " >> " .. dq(log_path) .. " 2>&1",
-      "",
-    }, "\r\n")
-  else
-    script = base .. ".sh"
-    local redir = " >> " .. util.sh_quote(log_path) .. " 2>&1 < /dev/null &"
-    text = table.concat({
+    local function batch(s) return (s:gsub("%%", "%%%%")) end -- literal text in a .cmd line
+    local ps = "$p = Start-Process -FilePath " .. util.ps_quote(runner_path) .. " -WindowStyle Hidden -PassThru; "
+      .. "[IO.File]::WriteAllText(" .. util.ps_quote(pid_path) .. ", [string]$p.Id)"
+    return {
+      runner = table.concat({
+        "@echo off",
+        'cd /D "%USERPROFILE%"',
+        line .. " >> " .. q.log .. " 2>&1 < NUL",
+        "",
+      }, "\r\n"),
+      launcher = table.concat({
+        "@echo off",
+        'powershell.exe -NoProfile -NonInteractive -WindowStyle Hidden -Command "' .. batch(ps) .. '"',
+        '(goto) 2>nul & del "%~f0"',
+        "",
+      }, "\r\n"),
+    }
+  end
+  local redir = " >> " .. q.log .. " 2>&1 < /dev/null &"
+  return {
+    launcher = table.concat({
       "#!/bin/sh",
       'cd "${HOME:-/}" 2>/dev/null',
       "if command -v setsid >/dev/null 2>&1; then",
@@ -137,14 +170,29 @@ function spawn.detached(args, log_path, pid_path)
       "else",
       "  nohup " .. line .. redir,
       "fi",
-      "echo $! > " .. util.sh_quote(pid_path),
+      "echo $! > " .. q.pid,
       'rm -f "$0"',
       "",
-    }, "\n")
+    }, "\n"),
+  }
+end
+
+-- Starts a long-running process detached from REAPER (the daemon), see detached_scripts.
+-- Returns the command used, or nil, message.
+function spawn.detached(args, log_path, pid_path)
+  local base = new_base("start")
+  local windows = util.is_windows()
+  local launcher = base .. (windows and ".cmd" or ".sh")
+  local runner = windows and (base .. "-run.cmd") or nil
+  local scripts, err = spawn.detached_scripts(args, log_path, pid_path, runner)
+  if not scripts then return nil, err end
+  if scripts.runner then
+    local ok, werr = util.write_file(runner, scripts.runner)
+    if not ok then return nil, "cannot write " .. runner .. ": " .. tostring(werr) end
   end
-  local ok, err = util.write_file(script, text)
-  if not ok then return nil, "cannot write " .. script .. ": " .. tostring(err) end
-  return launch(script)
+  local ok, werr = util.write_file(launcher, scripts.launcher)
+  if not ok then return nil, "cannot write " .. launcher .. ": " .. tostring(werr) end
+  return launch(launcher)
 end
 
 return spawn

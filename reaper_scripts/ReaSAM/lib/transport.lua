@@ -4,7 +4,8 @@
 --   cli: `reasam send --no-wait` / `reasam ping` / `reasam cancel` run through ExecProcess(…, -1),
 --        with the job's status.json / manifest.json read from disk (see jobwatch in runner).
 -- Both: t:separate(job), t:cancel(job_id), t:ping(), t:status(job_id), t:poll() -> events, t:close().
--- Events: { type = "accepted"|"progress"|"done"|"error"|"cancelled"|"pong"|"status",
+-- Events: { type = "accepted"|"progress"|"done"|"error"|"cancelled"|"pong"|"status"
+--           (cli only: "ping_failed", "cancel_result" with rc, state, code),
 --           job_id, fraction, stage, manifest, code, message, version, engines, device, model_state,
 --           json }.
 local reaper = reaper
@@ -131,7 +132,6 @@ local function message_event(m)
   end
   return nil
 end
-transport.message_event = message_event
 
 function Udp:poll(max)
   local events = {}
@@ -183,16 +183,23 @@ function Cli:separate(job)
   local r = job.request
   local args = self:base_args("send")
   local function add(...) for _, v in ipairs({ ... }) do args[#args + 1] = v end end
-  add("--no-wait", "--job-id", job.id, "--prompt", job.prompt_text or "",
-    "--region", util.num(r.region_start) .. ":" .. util.num(r.region_end))
+  -- Values are joined to their option with "=" so that one starting with "-" (a prompt such as
+  -- "-ish noise", a "-" span) is not read as an option; "--" ends the options before the path.
+  add("--no-wait", "--job-id=" .. job.id, "--prompt=" .. (job.prompt_text or ""),
+    "--region=" .. util.num(r.region_start) .. ":" .. util.num(r.region_end))
   for _, span in ipairs(r.spans or {}) do add("--span=" .. span) end
-  add("--engine", job.engine, "--quality", job.quality, "--out", job.out, r.path)
+  add("--engine=" .. job.engine, "--quality=" .. job.quality, "--out=" .. job.out, "--", r.path)
   return self:run("send", args, job.id)
 end
 
+-- `reasam cancel` waits for the daemon to confirm (the job stops at a chunk's end); its result
+-- comes back as a "cancel_result" event, and the runner asks again while the job still runs.
+local CANCEL_TIMEOUT = 5
+
 function Cli:cancel(job_id)
   local args = self:base_args("cancel")
-  args[#args + 1] = job_id
+  local function add(...) for _, v in ipairs({ ... }) do args[#args + 1] = v end end
+  add("--timeout", tostring(CANCEL_TIMEOUT), "--", job_id)
   return self:run("cancel", args, job_id)
 end
 
@@ -221,7 +228,6 @@ local function cli_error(out, err)
   local code, msg = last:match("^reasam: ([%w_]+): (.*)$")
   return code or "internal", msg or (last ~= "" and last or "the reasam command failed")
 end
-transport.cli_error = cli_error
 
 function Cli:poll()
   local events, still = {}, {}
@@ -250,6 +256,14 @@ function Cli:poll()
       end
     elseif p.what == "status" then
       if rc == 0 then events[#events + 1] = { type = "status", json = out } end
+    elseif p.what == "cancel" then
+      -- rc 0: the daemon cancelled the job (or it had already ended: state says which). Else
+      -- not_found (the `reasam send` has not reached the daemon yet), no answer, ...
+      local body = json.decode(util.trim(out))
+      local ev = { type = "cancel_result", job_id = p.job_id, rc = rc }
+      if type(body) == "table" then ev.state = body.state end
+      if rc ~= 0 then ev.code, ev.message = cli_error(out, err) end
+      events[#events + 1] = ev
     end
   end
   self.pending = still

@@ -34,15 +34,6 @@ function util.dirname(path)
   return (path:match("^(.*)[/\\][^/\\]*$")) or ""
 end
 
-function util.basename(path)
-  return (path:match("([^/\\]*)$"))
-end
-
-function util.stem(path)
-  local base = util.basename(path)
-  return (base:gsub("%.[^.]*$", ""))
-end
-
 function util.is_absolute(path)
   return path:match("^/") ~= nil or path:match("^%a:[/\\]") ~= nil or path:match("^\\\\") ~= nil
 end
@@ -115,24 +106,48 @@ function util.sh_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
--- Quotes one argument for cmd.exe / CommandLineToArgvW.
+-- Quotes one argument for a line of a .cmd script run by cmd.exe: the program splits its command
+-- line by CommandLineToArgvW's rules (double quotes, backslashes doubled before a closing quote),
+-- and cmd's batch parser expands %VAR% even inside quotes, so % is doubled. cmd cannot pass a
+-- double quote inside a quoted argument at all, nor a line break: those are refused with a
+-- message (nil, message) instead of being passed on mangled.
 function util.win_quote(s)
   s = tostring(s)
-  if s ~= "" and not s:match("[%s\"&|<>^%%]") then return s end
-  s = s:gsub('(\\*)"', function(bs) return bs .. bs .. '\\"' end)
+  if s:find('"', 1, true) then
+    return nil, string.format("cannot pass %s to a command on Windows: cmd.exe has no way to quote a double "
+      .. 'quote ("); remove it (or install "Mavriq Lua Sockets" from ReaPack, so ReaSAM sends requests '
+      .. "over OSC instead of through the reasam command)", s)
+  end
+  if s:find("[\r\n\0]") then
+    return nil, string.format("cannot pass %q to a command on Windows: it contains a line break", s)
+  end
+  local plain = s ~= "" and not s:find("[%s&|<>^%%(),;=!]")
+  s = s:gsub("%%", "%%%%")
+  if plain then return s end
   s = s:gsub("(\\+)$", "%1%1")
   return '"' .. s .. '"'
 end
 
+-- One argument quoted for the platform's script lines (sh or cmd); nil, message when it cannot be.
 function util.quote(s)
   if util.is_windows() then return util.win_quote(s) end
   return util.sh_quote(s)
 end
 
+-- A command line from a list of arguments (program first); nil, message when one cannot be quoted.
 function util.command_line(args)
   local out = {}
-  for i, a in ipairs(args) do out[i] = util.quote(a) end
+  for i, a in ipairs(args) do
+    local q, err = util.quote(a)
+    if not q then return nil, err end
+    out[i] = q
+  end
   return table.concat(out, " ")
+end
+
+-- A string literal for PowerShell (single quotes: nothing inside is expanded, ' is doubled).
+function util.ps_quote(s)
+  return "'" .. tostring(s):gsub("'", "''") .. "'"
 end
 
 -- Job ids: [A-Za-z0-9_.-]{1,64}, unique enough across REAPER sessions and machines.
