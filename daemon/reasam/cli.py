@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import ReasamError
+from .errors import NoAnswer, ReasamError
 
 if TYPE_CHECKING:
     from . import config
     from .client import Client
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -498,7 +498,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from .client import EXIT_NO_ANSWER, NoAnswer, send_job
+    from .client import send_job
 
     source = args.input.expanduser().absolute()
     # Not pipeline.slug: importing the pipeline would cost the client a second of start-up.
@@ -529,9 +529,6 @@ def _cmd_send(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 on_progress=progress,
             )
-        except NoAnswer as exc:
-            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
-            return EXIT_NO_ANSWER
         except KeyboardInterrupt:
             with contextlib.suppress(OSError):
                 client.send("/reasam/cancel", job_id, *client.auth())
@@ -545,54 +542,23 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .client import EXIT_NO_ANSWER, NoAnswer
-
     with _client(args) as client:
-        try:
-            body = client.status(args.job_id)
-        except NoAnswer as exc:
-            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
-            return EXIT_NO_ANSWER
-    _print(body)
+        _print(client.status(args.job_id))
     return EXIT_OK
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from .client import _FINAL, EXIT_CANCELLED, EXIT_NO_ANSWER, NoAnswer, _job_reply, _result
-
-    job_id = args.job_id
     with _client(args) as client:
-        try:
-            address, reply = client.request("/reasam/cancel", [job_id, *client.auth()], _job_reply(job_id))
-            deadline = time.monotonic() + (args.timeout or 60.0)
-            while address not in _FINAL:
-                got = client.receive(max(0.0, deadline - time.monotonic()))
-                if got is None:
-                    _print(
-                        {"job_id": job_id, "state": "running", "message": "cancel requested; not stopped yet"}
-                    )
-                    return EXIT_NO_ANSWER
-                if _job_reply(job_id)(*got):
-                    address, reply = got
-        except NoAnswer as exc:
-            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
-            return EXIT_NO_ANSWER
-    body, code = _result(job_id, address, reply)
+        body, code = client.cancel(args.job_id, args.timeout or 60.0)
     _print(body)
-    return EXIT_OK if code == EXIT_CANCELLED else code
+    return code
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
-    from .client import EXIT_NO_ANSWER, NoAnswer
-
     with _client(args) as client:
-        try:
-            started = time.monotonic()
-            body: dict[str, Any] = dict(client.ping())
-            body["round_trip_ms"] = round((time.monotonic() - started) * 1000, 2)
-        except NoAnswer as exc:
-            sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
-            return EXIT_NO_ANSWER
+        started = time.monotonic()
+        body: dict[str, Any] = dict(client.ping())
+        body["round_trip_ms"] = round((time.monotonic() - started) * 1000, 2)
     _print(body)
     return EXIT_OK
 
@@ -717,6 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except NoAnswer as exc:
+        sys.stderr.write(f"reasam: {exc} (is `reasam serve` running?)\n")
+        return EXIT_NO_ANSWER
     except ReasamError as exc:
         if args.debug:
             traceback.print_exc()

@@ -16,15 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .errors import CODES, USAGE_CODES, ReasamError
+from .errors import CODES, USAGE_CODES, NoAnswer, ReasamError
 from .osc import MAX_DATAGRAM, FramingError, encode, parse
 
 # Exit codes of the client commands, beyond the CLI's 0 / 1 / 2.
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_CANCELLED = 0, 1, 2, 3, 4
-
-
-class NoAnswer(Exception):
-    """The daemon did not answer in time."""
 
 
 class Client:
@@ -124,6 +120,22 @@ class Client:
         if address == "/reasam/error":
             raise _reply_error(args)
         return dict(zip(("version", "engines", "device", "model_state"), args, strict=False))
+
+    def cancel(self, job_id: str, timeout: float = 60.0) -> tuple[dict[str, Any], int]:
+        """Cancel a job and wait (up to `timeout`) for it to stop: a running job stops only at
+        its next chunk. Returns the printed result and the exit code (0 when cancelled or
+        already finished)."""
+        address, reply = self.request("/reasam/cancel", [job_id, *self.auth()], _job_reply(job_id))
+        deadline = time.monotonic() + timeout
+        while address not in _FINAL:
+            got = self.receive(max(0.0, deadline - time.monotonic()))
+            if got is None:
+                body = {"job_id": job_id, "state": "running", "message": "cancel requested; not stopped yet"}
+                return body, EXIT_NO_ANSWER
+            if _job_reply(job_id)(*got):
+                address, reply = got
+        body, code = _result(job_id, address, reply)
+        return body, EXIT_OK if code == EXIT_CANCELLED else code
 
     def status(self, job_id: str | None = None) -> dict[str, Any]:
         args = ([job_id] if job_id else []) + self.auth()

@@ -42,6 +42,10 @@ class ReasamError(Exception):
         return self.message
 
 
+class NoAnswer(Exception):
+    """The daemon did not answer in time (not running, wrong port, or the datagrams were lost)."""
+
+
 class JobCancelled(Exception):
     """Raised inside a running job when its cancel flag is seen at a chunk boundary."""
 
