@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import fast_bss_eval
@@ -315,3 +317,39 @@ def test_truncated_files_fail_cleanly(tmp_path: Path, fmt: str) -> None:
         stems = _stems(result)
         assert stems["target"].shape[1] < 44100 * 3
         assert np.abs(stems["target"] + stems["residual"] - audio.read_region(cut)[0]).max() < 1e-4
+
+
+_RSS_CHILD = """
+import resource, sys
+from pathlib import Path
+from reasam import pipeline
+from reasam.request import Request, Span
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+pipeline.run(Request(src, spans=(Span("+", 1.0, 2.0),), engine="dsp"), out, "job")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_memory_does_not_grow_with_length(tmp_path: Path) -> None:
+    """The streaming promise: 12 minutes take no more memory than 1 minute (one process each).
+
+    A 12-minute stereo float region alone is 254 MB; reading or holding it whole would show.
+    """
+    clip = _tone_bed(2, 44100 * 60, 44100)
+    peaks = {}
+    for minutes in (1, 12):
+        src = tmp_path / f"in{minutes}.wav"
+        with sf.SoundFile(str(src), "w", 44100, 2, subtype="PCM_16") as f:
+            for _ in range(minutes):
+                f.write(clip.T)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, str(src), str(tmp_path / f"out{minutes}")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        peaks[minutes] = int(proc.stdout.split()[-1]) / 1024  # MB
+        src.unlink()
+    assert peaks[12] - peaks[1] < 60, peaks
