@@ -38,6 +38,7 @@ def cases(seconds: float) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
     return [
         ("full mix", full, parts["vocals"], {"prompt": "vocals", "engine": "spleeter"}),
         ("full mix", full, full - parts["vocals"], {"prompt": "accompaniment", "engine": "spleeter"}),
+        ("full mix", full, parts["drums"], {"prompt": "drums", "engine": "spleeter"}),
         ("full mix", full, parts["drums"], {"prompt": "drums", "engine": "dsp"}),
         ("band (no vocals)", band, parts["drums"], {"prompt": "drums", "engine": "dsp"}),
         ("band (no vocals)", band, parts["bass"] + parts["music"], {"prompt": "harmonic", "engine": "dsp"}),

@@ -42,7 +42,8 @@ def _run(tmp_path: Path, request: Request, job: str = "job") -> pipeline.Result:
 
 
 @pytest.mark.parametrize(
-    ("engine", "prompt"), [("dsp", "drums"), ("spleeter", "vocals"), ("dsp", "harmonic")]
+    ("engine", "prompt"),
+    [("dsp", "drums"), ("spleeter", "vocals"), ("dsp", "harmonic"), ("spleeter", "drums")],
 )
 def test_sum_rule_and_length(tmp_path: Path, engine: str, prompt: str) -> None:
     parts = material.stems(8.0, 44100)
@@ -199,6 +200,22 @@ def test_span_prompt_extracts_every_occurrence_of_the_marked_event(tmp_path: Pat
     later = slice(round(spans[1][0] * 44100), mix.shape[1])  # occurrences the span did not mark
     gain = _si_sdr(target[:, later], stems["target"][:, later]) - _si_sdr(target[:, later], mix[:, later])
     assert gain > 16.0
+
+
+def test_drums_from_a_full_mix_take_the_vocals_out_first(tmp_path: Path) -> None:
+    """`auto` gives "drums" to spleeter (accompaniment, then the percussive part), which beats
+    harmonic/percussive separation alone on a mix with vocals. Measured on this 10 s clip:
+    +7.5 dB SI-SDR gain against +2.9 dB for the dsp engine alone."""
+    parts = material.stems(10.0, 44100)
+    mix = material.mix(parts)
+    src = _write(tmp_path / "song.wav", mix, 44100)
+    gains = {}
+    for engine in ("auto", "dsp"):
+        result = _run(tmp_path, Request(src, "drums", engine=engine), job=engine)
+        estimate = _stems(result)["target"]
+        gains[result.manifest["engine"]] = _si_sdr(parts["drums"], estimate) - _si_sdr(parts["drums"], mix)
+    assert set(gains) == {"spleeter", "dsp"}
+    assert gains["spleeter"] > 6.0 and gains["spleeter"] > gains["dsp"] + 3.0, gains
 
 
 def test_spleeter_vocals_gain(tmp_path: Path) -> None:

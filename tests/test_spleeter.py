@@ -169,10 +169,25 @@ def test_canonical_prompts(engine: spleeter.SpleeterEngine) -> None:
         assert engine.canonical_prompt(text) == "vocals", text
     for text in ("accompaniment", "instrumental", "karaoke", "backing", "music", "backing track"):
         assert engine.canonical_prompt(text) == "accompaniment", text
-    for text in ("guitar", "drums", "the singer", ""):
+    for text in ("drums", "Percussion", "beat"):
+        assert engine.canonical_prompt(text) == "drums", text
+    for text in ("guitar", "bass", "the singer", ""):
         assert engine.canonical_prompt(text) is None, text
     assert engine.understands("vox", ())
     assert not engine.understands("guitar", ())
+
+
+def test_drums_are_the_percussive_part_of_the_accompaniment(engine: spleeter.SpleeterEngine) -> None:
+    from reasam.engines import get
+
+    audio = _song(6.0)
+    accompaniment = _run(engine, "accompaniment", audio)
+    percussive = (
+        get("dsp").prepare(Prompt("drums"), "balanced", _no_spans, 44100).separate(accompaniment, 0.0)
+    )
+    drums = _run(engine, "drums", audio)
+    assert drums.shape == audio.shape
+    assert np.abs(drums - percussive).max() < 1e-6
 
 
 def test_prepare_rejects_what_it_cannot_do(engine: spleeter.SpleeterEngine) -> None:

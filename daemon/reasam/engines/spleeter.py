@@ -427,6 +427,17 @@ class SpleeterModel:
         return out.view(2, -1)[:, keep] / norm.view(-1)[keep]
 
 
+class _Cascade(Separation):
+    """One separation applied to the target of another (drums: percussive part of the accompaniment)."""
+
+    def __init__(self, first: Separation, then: Separation) -> None:
+        self._first = first
+        self._then = then
+
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        return self._then.separate(self._first.separate(audio, start), start)
+
+
 class _SpleeterSeparation(Separation):
     def __init__(self, model: SpleeterModel, stem: str, quality: str, mask_extension: str) -> None:
         self._model = model
@@ -447,10 +458,12 @@ class SpleeterEngine(Engine):
 
     capabilities = Capabilities(
         name="spleeter",
-        description="Spleeter 2-stem U-Nets (Deezer, pretrained): vocals / accompaniment",
+        description="Spleeter 2-stem U-Nets (Deezer, pretrained): vocals / accompaniment; "
+        "drums = the percussive part of the accompaniment",
         prompts={
             "vocals": ("voice", "vocal", "singing", "lead vocal", "lead vocals", "vox"),
             "accompaniment": ("instrumental", "karaoke", "backing", "music", "backing track"),
+            "drums": ("drum", "percussion", "percussive", "beat", "drum kit"),
         },
         free_text=False,
         spans=False,
@@ -515,4 +528,12 @@ class SpleeterEngine(Engine):
             raise ReasamError(
                 "bad_request", f"quality must be one of {', '.join(QUALITY_OFFSETS)}, got {quality!r}"
             )
+        if stem == "drums":
+            # Harmonic/percussive separation alone puts speech and vocal transients into the
+            # drums; taking the vocals out first measured +5 dB SI-SDR on a full mix (README).
+            from . import get
+
+            accompaniment = _SpleeterSeparation(self.model(), "accompaniment", quality, self._mask_extension)
+            percussive = get("dsp").prepare(Prompt("drums"), quality, fetch_span, sample_rate)
+            return _Cascade(accompaniment, percussive)
         return _SpleeterSeparation(self.model(), stem, quality, self._mask_extension)
