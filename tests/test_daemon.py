@@ -619,23 +619,21 @@ def test_send_cli_outcomes(daemon: Daemon, short_wav: Path) -> None:
     assert json.loads(overview.stdout)["jobs"]["done"] >= 1
     ping = daemon.cli("ping")
     assert ping.returncode == 0 and json.loads(ping.stdout)["version"]
-    nobody = subprocess.run(
-        [PYTHON, "-m", "reasam.cli", "ping", "--port", "9", "--retries", "2"],
-        env=clean_env(daemon.home),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+
+    def ping_nobody(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [PYTHON, "-m", "reasam.cli", "ping", "--port", "9", *flags],
+            env=clean_env(daemon.home),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    nobody = ping_nobody("--retries", "2")
     assert nobody.returncode == 3 and "no answer" in nobody.stderr
     # --timeout caps the retries (6 doubling retries alone would wait ~19 s): scripts rely on it.
     started = time.monotonic()
-    quick = subprocess.run(
-        [PYTHON, "-m", "reasam.cli", "ping", "--port", "9", "--timeout", "1"],
-        env=clean_env(daemon.home),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    quick = ping_nobody("--timeout", "1")
     assert quick.returncode == 3 and time.monotonic() - started < 10
 
 
