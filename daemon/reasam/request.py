@@ -254,3 +254,86 @@ def decode_request(data: dict[str, Any]) -> Request:
         output=OutputOptions(**output),
         **extra,
     )
+
+
+# Option names shared by every front door that reads requests from text (watch-folder sidecars,
+# batch manifest columns): the long names of `reasam separate`'s flags, with underscores.
+FIELD_NAMES = (
+    "prompt", "span", "region", "engine", "quality", "format", "output_format", "bit_depth",
+    "sample_rate", "mono", "stereo", "normalize_peak", "normalize_lufs", "trim_silence", "gate",
+)  # fmt: skip
+_POST_FIELDS = {
+    "normalize_peak": "peak_dbfs",
+    "normalize_lufs": "lufs",
+    "trim_silence": "trim_silence_db",
+    "gate": "gate_db",
+}
+
+
+def _number(value: Any, name: str, kind: type) -> Any:
+    try:
+        number = kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        raise bad_request(f"{name} must be a number, got {value!r}") from None
+    if kind is int and float(value) != number:
+        raise bad_request(f"{name} must be a whole number, got {value!r}")
+    return number
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise bad_request(f"{name} must be true or false, got {value!r}")
+
+
+def request_from_fields(
+    source: Path, fields: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> Request:
+    """Build a Request from named options given as text or plain values.
+
+    Watch-folder sidecars (TOML/JSON) and batch manifests (CSV cells) both describe a request
+    as a flat mapping with the names of `reasam separate`'s flags, so they share this one
+    reading: an unknown name is an error (a typo must not silently fall back to a default), an
+    empty value counts as absent (blank CSV cells), and `span` takes a list or `;`-separated
+    text. `defaults` fills names the mapping leaves out (a watch folder's prompt, say).
+    """
+    merged: dict[str, Any] = dict(defaults or {})
+    for key, value in fields.items():
+        name = str(key).strip().lower().replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise bad_request(f"unknown option {key!r} (known: {', '.join(FIELD_NAMES)})")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        merged["format" if name == "output_format" else name] = value
+    spans = merged.get("span", ())
+    if isinstance(spans, str):
+        spans = [s for s in spans.split(";") if s.strip()]
+    elif not isinstance(spans, list | tuple):
+        raise bad_request(f"span must be text or a list, got {spans!r}")
+    def number(name: str, kind: type) -> Any:
+        return _number(merged[name], name, kind) if name in merged else None
+
+    post = {
+        attr: number(name, float) for name, attr in _POST_FIELDS.items() if name in merged
+    }
+    return Request(
+        source=source,
+        prompt=str(merged.get("prompt", "")),
+        spans=tuple(Span.parse(str(s)) for s in spans),
+        region=Region.parse(str(merged["region"])) if "region" in merged else Region(),
+        quality=str(merged.get("quality", "balanced")).strip(),
+        engine=str(merged.get("engine", "auto")).strip(),
+        output=OutputOptions(
+            format=str(merged.get("format", "wav")).strip().lower(),
+            bit_depth=number("bit_depth", int),
+            sample_rate=number("sample_rate", int),
+            mono=_flag(merged["mono"], "mono") if "mono" in merged else False,
+            stereo=str(merged.get("stereo", "mask")).strip(),
+            post=PostProcess(**post),
+        ),
+    )
