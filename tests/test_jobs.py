@@ -221,7 +221,8 @@ def test_out_of_memory_is_reported_as_out_of_memory(
     tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CUDA OOM raised inside the pipeline reaches clients as the protocol's `out_of_memory`
-    (not `internal`); an engine's own ReasamError out_of_memory passes through unchanged."""
+    (not `internal`), and so does the host's (torch's CPU allocator raises a RuntimeError that
+    never says "out of memory"); an engine's own ReasamError out_of_memory passes through."""
     import torch
 
     def oom(request: Request, job_dir: Path, job_id: str, **kwargs: Any) -> Any:
@@ -229,6 +230,11 @@ def test_out_of_memory_is_reported_as_out_of_memory(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if job_id == "engine":
             raise ReasamError("out_of_memory", "SAM large needs 12 GB; try base")
+        if job_id == "host":  # torch's c10/core/impl/alloc_cpu.cpp
+            raise RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes. "
+                "Error code 12 (Cannot allocate memory)"
+            )
         raise RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")
 
     monkeypatch.setattr(pipeline, "run", oom)  # the default runner calls pipeline.run
@@ -237,10 +243,10 @@ def test_out_of_memory_is_reported_as_out_of_memory(
     jobs.subscribe(events.append)
     jobs.start()
     out = tmp_path / "out"
-    for job_id in ("cuda", "engine", "mps"):
+    for job_id in ("cuda", "engine", "mps", "host"):
         jobs.submit(job_id, Request(source, "drums"), out)
     assert jobs.wait_idle(10)
-    for job_id in ("cuda", "engine", "mps"):
+    for job_id in ("cuda", "engine", "mps", "host"):
         status = jobs.status(job_id)
         assert (status["state"], status["code"]) == ("error", "out_of_memory"), status
         on_disk = json.loads((out / job_id / "status.json").read_text())

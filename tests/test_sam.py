@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -45,6 +46,7 @@ def _drop_sam_audio_modules() -> None:
 class SamEnv:
     tmp: Path
     model_dir: Path
+    hub: Path  # HF_HUB_CACHE: t5-base and the judge, as `reasam models pull` leaves them
 
     def manager(self, **changes) -> models.ModelManager:
         settings = models.SamSettings(model_path=self.model_dir, variant="base", chunk_seconds=30.0)
@@ -58,16 +60,21 @@ class SamEnv:
 
 
 def make_sam_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SamEnv]:
-    """The double on sys.path, a double model folder, and a clean engine cache; all undone after."""
+    """The double on sys.path, a double model folder, a hub cache holding t5-base and the judge,
+    and a clean engine cache; all undone after."""
     from_tests = str(DOUBLE)
     monkeypatch.syspath_prepend(from_tests)
     _drop_sam_audio_modules()
     models.forget_import()
     old_engine = engines._instances.pop("sam", None)
     old_manager = models.set_default_manager(None)
-    from sam_audio.testing import write_model_dir
+    from sam_audio.testing import write_extras_cache, write_model_dir
 
-    env = SamEnv(tmp_path, write_model_dir(tmp_path / "model-base", "base"))
+    hub = tmp_path / "hub"
+    write_extras_cache(hub)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.delenv("REASAM_SAM_T5", raising=False)
+    env = SamEnv(tmp_path, write_model_dir(tmp_path / "model-base", "base"), hub)
     try:
         yield env
     finally:
@@ -207,18 +214,84 @@ def test_engines_reports_model_state(sam_env, tmp_path, capsys):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def test_upstream_from_pretrained_trap_and_our_loader(sam_env):
+def _upstream_load(folder: Path, **overrides):
+    """What upstream's `SAMAudio.from_pretrained(folder, **overrides)` runs once the hub mixin has
+    passed its keywords (sam_audio/model/base.py, BaseModel._from_pretrained)."""
+    import sam_audio
+
+    return sam_audio.SAMAudio._from_pretrained(
+        model_id=str(folder),
+        cache_dir=None,
+        force_download=False,
+        proxies=None,
+        resume_download=None,
+        local_files_only=True,
+        token=None,
+        **overrides,
+    )
+
+
+def test_upstream_from_pretrained_fails_on_todays_hub_and_our_loader_does_not(sam_env):
+    """sam_audio/model/base.py: `_from_pretrained` requires `proxies` and `resume_download`,
+    which huggingface_hub >= 1.0's ModelHubMixin no longer passes; its `revision` is optional
+    and ignored. Our loader builds the same class from the folder on any huggingface_hub."""
+    import inspect
+
     import huggingface_hub
     import sam_audio
 
-    major = int(huggingface_hub.__version__.split(".")[0])
-    if major >= 1:
-        # The documented trap, reproduced by the double with the real ModelHubMixin.
-        with pytest.raises(TypeError, match=r"proxies|resume_download"):
+    params = inspect.signature(sam_audio.SAMAudio._from_pretrained).parameters
+    assert params["proxies"].default is inspect.Parameter.empty
+    assert params["revision"].default is None
+    if int(huggingface_hub.__version__.split(".")[0]) >= 1:
+        with pytest.raises(TypeError, match=r"proxies.*resume_download"):
             sam_audio.SAMAudio.from_pretrained(str(sam_env.model_dir))
-    model = models.load_from_dir(sam_audio.SAMAudio, sam_env.model_dir, {"text_ranker": None})
-    assert model.text_ranker is None and model.span_predictor is not None
-    assert model.visual_ranker is not None  # only the override given applies
+    t5 = str(sam_env.hub / "models--t5-base" / "snapshots" / ("b" * 40))
+    off = {"text_ranker": None, "visual_ranker": None, "span_predictor": None}
+    model = models.load_from_dir(sam_audio.SAMAudio, sam_env.model_dir, {**off, "text_encoder": {"name": t5}})
+    assert model.text_ranker is None and model.visual_ranker is None
+    assert not hasattr(model, "span_predictor")
+
+
+def test_upstream_span_predictor_default_and_overrides(sam_env, tmp_path):
+    """sam_audio/model/config.py: `span_predictor` defaults to "pe-a-frame-large"; base.py
+    applies overrides only to keys config.json has, so `span_predictor=None` does not switch off
+    a predictor the config leaves out: upstream then fetches facebook/pe-a-frame-large
+    (revision perception_models) at construction. Our load asks the hub for nothing."""
+    from sam_audio import model as double
+    from sam_audio.testing import config_for, write_model_dir
+
+    config = config_for("base")
+    for key in ("span_predictor", "text_ranker", "visual_ranker"):
+        del config[key]
+    folder = write_model_dir(tmp_path / "no-predictor-key", config=config)
+    double.HUB_REQUESTS.clear()
+    with pytest.raises(Exception, match=r"cached snapshot"):
+        _upstream_load(folder, span_predictor=None)  # the override is ignored: key absent
+    assert ("facebook/pe-a-frame-large", "perception_models") in double.HUB_REQUESTS
+    double.HUB_REQUESTS.clear()
+    engine = sam_env.engine(model_path=folder)
+    sep = engine.prepare(Prompt("bass"), "fast", no_spans, 48000)
+    assert not hasattr(sep.loaded.model, "span_predictor")
+    assert double.HUB_REQUESTS == []  # t5-base came from its local folder, nothing else asked
+    sep.close()
+
+
+def test_upstream_rankers_fail_at_construction(sam_env):
+    """sam_audio/ranking/judge.py loads the judge through the same ModelHubMixin (the TypeError
+    on huggingface_hub >= 1.0); sam_audio/ranking/clap.py needs `laion_clap` (the CLAP fork)."""
+    import huggingface_hub
+
+    t5 = {"name": str(sam_env.hub / "models--t5-base" / "snapshots" / ("b" * 40))}
+    common = {"span_predictor": None, "visual_ranker": None, "text_encoder": t5}
+    judge = next((sam_env.hub / "models--facebook--sam-audio-judge" / "snapshots").iterdir())
+    if int(huggingface_hub.__version__.split(".")[0]) >= 1:
+        # Given a folder, the mixin skips the hub and fails the same way it does after a download.
+        ranker = {"kind": "judge", "checkpoint_or_model_id": str(judge)}
+        with pytest.raises(TypeError, match=r"proxies.*resume_download"):
+            _upstream_load(sam_env.model_dir, **common, text_ranker=ranker)
+    with pytest.raises(ModuleNotFoundError, match="laion_clap"):
+        _upstream_load(sam_env.model_dir, **common, text_ranker={"kind": "clap"})
 
 
 def test_lite_loading_and_extras_per_preset(sam_env, tmp_path):
@@ -227,22 +300,23 @@ def test_lite_loading_and_extras_per_preset(sam_env, tmp_path):
     fetch = no_spans
     sep = engine.prepare(Prompt("bass"), "fast", fetch, 48000)
     lm = sep.loaded
-    assert (
-        lm.extras == frozenset() and lm.model.text_ranker is None and not hasattr(lm.model, "span_predictor")
-    )
-    assert lm.model.visual_ranker is None
+    assert lm.extras == frozenset() and lm.model.text_ranker is None
+    assert not hasattr(lm.model, "span_predictor") and lm.model.visual_ranker is None
     assert isinstance(lm.model.vision_encoder, models._VisionStub) and lm.model.vision_encoder.dim == 128
     sep.close()
-    sep = engine.prepare(Prompt("bass"), "balanced", fetch, 48000)  # needs ranker + predictor: one reload
-    assert sep.loaded.extras == {"ranker", "predictor"} and manager.state()["loads"] == 2
+    sep = engine.prepare(Prompt("bass"), "balanced", fetch, 48000)  # needs the judge: one reload
+    assert sep.loaded.extras == {"ranker"} and manager.state()["loads"] == 2
+    assert isinstance(sep.loaded.model.text_ranker, models.JudgeRanker) and sep.candidates == 4
+    assert not hasattr(sep.loaded.model, "span_predictor")  # no preset uses it
     sep.close()
     sep = engine.prepare(Prompt("bass"), "fast", fetch, 48000)  # a fuller model serves a lighter preset
     assert manager.state()["loads"] == 2
     sep.close()
-    # Span-only prompts are neither reranked nor span-predicted.
+    # Span-only prompts are not reranked.
     sep = engine.prepare(Prompt("", (Span("+", 0, 1),)), "best", fetch_from(np.zeros((1, 48000))), 48000)
-    assert sep.candidates == 1 and not sep.predict_spans
+    assert sep.candidates == 1
     sep.close()
+    assert "(ranker)" in manager.state_line()
 
 
 def test_not_lite_keeps_the_vision_encoder(sam_env):
@@ -253,30 +327,45 @@ def test_not_lite_keeps_the_vision_encoder(sam_env):
     sep.close()
 
 
-def test_preset_without_its_ranker_says_so(sam_env, tmp_path):
-    from sam_audio.testing import config_for, write_model_dir
+def test_default_preset_without_the_judge_runs_and_says_so_once(sam_env, tmp_path, caplog):
+    """A plain download (model and t5-base, no judge): `balanced`, the default, still works; it
+    runs one candidate, and says so once in the manifest and once in the log; the model state
+    shows no ranker; later jobs do not reload to retry it."""
+    import shutil
 
-    config = config_for("base")
-    config["text_ranker"] = None
-    folder = write_model_dir(tmp_path / "no-ranker", config=config)
-    engine = sam_env.engine(model_path=folder)
-    with pytest.raises(ReasamError, match="text ranker") as info:
-        engine.prepare(Prompt("bass"), "balanced", no_spans, 48000)
-    assert info.value.code == "engine_failed" and "--quality fast" in info.value.message
+    shutil.rmtree(sam_env.hub / "models--facebook--sam-audio-judge")
+    engine = sam_env.engine()
+    mix = make_mix(tmp_path, seconds=4.0)
+    with caplog.at_level("WARNING", logger="reasam"):
+        result, target, residual = run_job(mix.path, tmp_path / "a", prompt="bass")
+    assert result.manifest["quality"] == "balanced"
+    (note,) = result.manifest["notes"]
+    assert "without reranking" in note and "reasam models pull base" in note
+    assert sum("without reranking" in r.getMessage() for r in caplog.records) == 1
+    calls = engine.manager._state.loaded.model.calls
+    assert {c["reranking_candidates"] for c in calls} == {1}
+    assert {c["nfe"] for c in calls} == {32}  # the preset's ODE steps are kept
+    assert sdr(target, mix.sources["bass"]) > 50
+    assert np.max(np.abs(target + residual - mix.mix)) < 1e-6
+    line = engine.manager.state_line()
+    assert "(lite)" in line and "ranker" not in line  # what loaded, not what was asked for
+    assert "judge" in engine.manager.state()["missing"]["ranker"]
+    run_job(mix.path, tmp_path / "b", prompt="bass", quality="best")
+    assert engine.manager.state()["loads"] == 1
+    fast, _, _ = run_job(mix.path, tmp_path / "c", prompt="bass", quality="fast")
+    assert fast.manifest["notes"] == []
+
+
+def test_judge_that_cannot_load_degrades_the_same_way(sam_env, tmp_path):
+    (
+        next((sam_env.hub / "models--facebook--sam-audio-judge" / "snapshots").iterdir())
+        / "tokenizer_config.json"
+    ).unlink()
+    engine = sam_env.engine()
+    sep = engine.prepare(Prompt("bass"), "balanced", no_spans, 48000)
+    assert sep.candidates == 1 and "cannot be loaded" in sep.notes[0] and "tokenizer" in sep.notes[0]
+    sep.close()
     assert engine.manager.state()["active_jobs"] == 0
-    engine.prepare(Prompt("bass"), "fast", no_spans, 48000).close()  # still usable
-
-
-def test_preset_whose_ranker_cannot_load_says_so(sam_env, tmp_path):
-    from sam_audio.testing import write_model_dir
-
-    folder = write_model_dir(tmp_path / "no-clap", "base", unavailable=["clap"])
-    engine = sam_env.engine(model_path=folder)
-    with pytest.raises(ReasamError, match=r"text ranker.*ImportError.*reranking") as info:
-        engine.prepare(Prompt("bass"), "best", no_spans, 48000)
-    assert info.value.code == "engine_failed"
-    assert "ImportError" in engine.manager.state()["last_error"]
-    engine.prepare(Prompt("bass"), "fast", no_spans, 48000).close()
 
 
 def test_bad_setting_makes_only_sam_unusable(sam_env, monkeypatch):
@@ -341,19 +430,20 @@ def test_settings_from_env():
 
 
 @pytest.mark.parametrize(
-    ("quality", "candidates", "predict", "nfe"),
-    [("fast", 1, False, 16), ("balanced", 4, True, 32), ("best", 8, True, 32)],
+    ("quality", "candidates", "nfe"),
+    [("fast", 1, 16), ("balanced", 4, 32), ("best", 8, 32)],
 )
-def test_text_prompt_and_preset_mapping(sam_env, quality, candidates, predict, nfe):
+def test_text_prompt_and_preset_mapping(sam_env, quality, candidates, nfe):
     engine = sam_env.engine()
     sep = engine.prepare(Prompt("bass"), quality, no_spans, 48000)
-    audio = np.zeros((1, 48000), dtype=np.float32)
+    audio = 0.3 * np.sin(2 * np.pi * 80 * np.arange(48000, dtype=np.float32) / 48000)[None]
     sep.separate(audio, 0.0)
     call = sep.loaded.model.calls[-1]
     assert call["descriptions"] == ["bass"] and call["anchors"] is None
-    assert call["reranking_candidates"] == candidates and call["predict_spans"] is predict
+    assert call["reranking_candidates"] == candidates and call["predict_spans"] is False
     assert call["nfe"] == nfe == sam.PRESETS[quality].evaluations
-    assert (call["predicted_spans"] is not None) is predict
+    # Ranked by the judge: the double's judge prefers the loudest, the last candidate.
+    assert call["chosen"] == [candidates - 1]
     sep.close()
 
 
@@ -415,15 +505,27 @@ def test_output_is_trimmed_to_the_input(sam_env):
     sep.close()
 
 
-def test_double_follows_the_documented_api(sam_env):
+def _double_model(env: SamEnv, **overrides):
+    """The double built from `env`'s folder, lite unless overridden, with its processor."""
     import sam_audio
 
-    model = models.load_from_dir(sam_audio.SAMAudio, sam_env.model_dir, {})
-    processor = sam_audio.SAMAudioProcessor.from_pretrained(str(sam_env.model_dir))
+    t5 = {"name": str(env.hub / "models--t5-base" / "snapshots" / ("b" * 40))}
+    lite = {"text_ranker": None, "visual_ranker": None, "span_predictor": None, "text_encoder": t5}
+    model = models.load_from_dir(sam_audio.SAMAudio, env.model_dir, {**lite, **overrides})
+    return model, sam_audio.SAMAudioProcessor.from_pretrained(str(env.model_dir))
+
+
+def test_double_follows_the_documented_api(sam_env):
+    """sam_audio/processor.py (batch_audio, Batch, SAMAudioProcessor.__call__) and
+    sam_audio/model/model.py (separate, unbatch), as the double's docstrings list them."""
+    model, processor = _double_model(sam_env)
     wav = torch.zeros(1, 48000 + 5)
-    result = model.separate(processor(descriptions=["bass"], audios=[wav]).to("cpu"))
+    batch = processor(descriptions=["bass"], audios=[wav]).to("cpu")
+    assert batch.sizes.dtype.is_floating_point and float(batch.sizes[0]) == 26  # ceil(48005/1920)
+    result = model.separate(batch)
     assert isinstance(result.target, list) and result.target[0].ndim == 1
     assert result.target[0].shape[0] == 2 * 1920 * 13  # 48005 samples → 26 frames of 1920
+    assert result.noise.shape == (1, 26, 256)  # randn_like over the 2 x 128 codec features
     stereo = torch.stack([torch.ones(960), -torch.ones(960)])
     batch = processor(descriptions=["everything"], audios=[stereo])
     assert batch.audios.shape == (1, 1, 960) and float(batch.audios.abs().max()) == 0  # mono downmix
@@ -433,6 +535,61 @@ def test_double_follows_the_documented_api(sam_env):
         model.separate(processor(descriptions=["x"], audios=[torch.zeros(1, 10_001 * 1920)]))
     with pytest.raises((RuntimeError, IndexError)):
         processor(descriptions=["x"], audios=[torch.zeros(48000)])  # a 1-D tensor is mishandled
+
+
+def _bass_and_burst() -> torch.Tensor:
+    t = torch.arange(4 * 48000) / 48000
+    burst = torch.sin(2 * torch.pi * 3000 * t) * ((t > 1.0) & (t < 1.5))
+    return (0.3 * torch.sin(2 * torch.pi * 80 * t) + 0.2 * burst)[None].float()
+
+
+def test_upstream_noise_is_fresh_per_call_unless_seeded_or_given(sam_env):
+    """sam_audio/model/model.py, separate(): `noise = torch.randn_like(...)` unless `noise` is
+    passed, so the same call gives different bits each time; seeding torch or passing the noise
+    makes it repeat. The engine seeds it (engines/sam.py, `seeded`)."""
+    model, processor = _double_model(sam_env)
+    audio = _bass_and_burst()
+
+    def run(**kwargs) -> torch.Tensor:
+        return model.separate(processor(descriptions=["bass"], audios=[audio]), **kwargs).target[0]
+
+    first, second = run(), run()
+    assert not torch.equal(first, second)
+    assert float((first - second).abs().max()) < 1e-3 * float(first.abs().max())  # same quality
+    noise = torch.randn(1, 100, 256)
+    assert torch.equal(run(noise=noise), run(noise=noise))
+    with sam.seeded(torch.device("cpu"), 7):
+        a = run()
+    before = torch.random.get_rng_state()
+    with sam.seeded(torch.device("cpu"), 7):
+        b = run()
+    assert torch.equal(a, b)
+    assert torch.equal(torch.random.get_rng_state(), before)  # nobody else's random state moved
+
+
+def test_upstream_span_prediction_does_not_reach_the_model(sam_env):
+    """sam_audio/model/model.py, separate(): the model inputs (anchors included) are built by
+    `_get_forward_args` before `predict_spans` writes the predicted anchors into the batch, so
+    `predict_spans=True` changes nothing (fixed upstream later, PR #100). Anchors given by the
+    caller do change the output. No ReaSAM preset uses the predictor."""
+    from sam_audio.testing import write_hub_cache, write_t5_dir
+
+    write_hub_cache(
+        sam_env.hub, repo="facebook/pe-a-frame-large", ref="perception_models", writer=write_t5_dir
+    )
+    model, processor = _double_model(sam_env, span_predictor="pe-a-frame-large")
+    assert hasattr(model, "span_predictor")
+    audio, noise = _bass_and_burst(), torch.randn(1, 100, 256)
+    off = model.separate(processor(descriptions=["mid"], audios=[audio]), noise=noise)
+    batch = processor(descriptions=["mid"], audios=[audio])
+    on = model.separate(batch, noise=noise, predict_spans=True)
+    assert torch.equal(on.target[0], off.target[0])
+    assert batch.anchors and batch.anchors[0][0][0] == "+"  # predicted, written, unused
+    anchored = processor(descriptions=["mid"], audios=[audio], anchors=[[("+", 1.0, 1.5)]])
+    given = model.separate(anchored, noise=noise)
+    assert float((given.target[0] - off.target[0]).abs().max()) > 0.01
+    for sep_quality in sam.PRESETS:
+        assert "predict" not in repr(sam.PRESETS[sep_quality])
 
 
 # --- the pipeline: 48 kHz, long audio, spans, stereo --------------------------------------------
@@ -672,14 +829,133 @@ def test_hub_resolution_from_a_local_snapshot(hub, sam_env, tmp_path):
 
 
 def test_hub_offline_mode(hub, monkeypatch):
-    _, snapshot = hub
+    cache, snapshot = hub
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     manager = models.ModelManager(models.SamSettings(variant="base", endpoint="http://127.0.0.1:9"))
     assert manager.resolve() == snapshot
-    assert manager.pull() == snapshot  # offline, already cached: nothing to do
+    pulled = manager.pull()  # offline, all cached: nothing to do, everything named
+    assert pulled.model == snapshot
+    assert pulled.text_encoder == cache / "models--t5-base" / "snapshots" / ("b" * 40)
+    assert pulled.judge == cache / "models--facebook--sam-audio-judge" / "snapshots" / ("c" * 40)
     with pytest.raises(ReasamError, match="offline mode") as info:
         manager.pull("large")
     assert info.value.code == "not_found" and "reasam models pull large" in info.value.message
+
+
+def test_after_a_pull_offline_the_default_preset_loads(hub, sam_env, tmp_path, monkeypatch):
+    """What `reasam models pull` leaves (model, t5-base, judge): the default preset, offline,
+    loads everything it needs (the judge included) and asks the hub for nothing."""
+    from sam_audio import model as double
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = sam_env.engine(models.ModelManager(models.SamSettings(variant="base")))
+    mix = make_mix(tmp_path, seconds=3.0)
+    double.HUB_REQUESTS.clear()
+    result, target, _ = run_job(mix.path, tmp_path / "job", prompt="bass")
+    assert result.manifest["quality"] == "balanced" and result.manifest["notes"] == []
+    assert engine.manager.state()["extras"] == ["ranker"]
+    assert sdr(target, mix.sources["bass"]) > 50
+    assert double.HUB_REQUESTS == []
+
+
+def test_a_load_without_t5_names_it(hub, sam_env, tmp_path, monkeypatch, capsys):
+    """sam_audio/model/text_encoder.py loads `t5-base` by name at construction; without it in
+    the cache, offline or not, the load fails naming it and the command that fetches it."""
+    import shutil
+
+    cache, _ = hub
+    shutil.rmtree(cache / "models--t5-base")
+    manager = models.ModelManager(models.SamSettings(variant="base", endpoint="http://127.0.0.1:9"))
+    engine = sam_env.engine(manager)
+    reason = engine.unavailable_reason()
+    assert reason is not None and "t5-base" in reason and "reasam models pull base" in reason
+    with pytest.raises(ReasamError, match="T5 text encoder t5-base") as info:
+        engine.prepare(Prompt("bass"), "fast", no_spans, 48000)
+    assert "reasam models pull base" in info.value.message and info.value.code == "not_found"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ReasamError, match=r"t5-base.*offline mode"):
+        manager.pull()
+    assert main(["models", "pull", "base"]) == 1
+    assert "t5-base" in capsys.readouterr().err
+    # A local T5 folder of one's own (REASAM_SAM_T5) works instead.
+    from sam_audio.testing import write_t5_dir
+
+    own = sam_env.engine(text_encoder=str(write_t5_dir(tmp_path / "my-t5")))
+    own.prepare(Prompt("bass"), "fast", no_spans, 48000).close()
+
+
+def test_pull_without_the_judge_warns_and_succeeds(hub, monkeypatch, capsys):
+    import shutil
+
+    cache, snapshot = hub
+    shutil.rmtree(cache / "models--facebook--sam-audio-judge")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["models", "pull", "base"]) == 0
+    captured = capsys.readouterr()
+    assert f"model         {snapshot}" in captured.out and "text encoder" in captured.out
+    assert "no reranking for balanced/best" in captured.err and "sam-audio-judge" in captured.err
+
+
+def test_pull_asks_for_the_model_t5_and_the_judge(hub, monkeypatch):
+    """Online, `pull` downloads three repos: the variant, t5-base (PyTorch weights and tokenizer
+    only) and the judge at revision sam_audio. There is no hub here: the calls are recorded."""
+    asked = []
+    real = models.snapshot
+
+    def record(settings, repo, **kwargs):
+        asked.append((repo, kwargs.get("revision"), kwargs.get("download"), kwargs.get("patterns")))
+        return real(settings, repo, **{**kwargs, "download": False})
+
+    monkeypatch.setattr(models, "snapshot", record)
+    models.ModelManager(models.SamSettings(variant="base")).pull()
+    assert asked == [
+        ("facebook/sam-audio-base", None, True, None),
+        ("t5-base", None, True, models.T5_FILES),
+        ("facebook/sam-audio-judge", "sam_audio", True, None),
+    ]
+
+
+class _CountingHub(http.server.BaseHTTPRequestHandler):
+    """A hub that answers nothing useful and counts what it was asked."""
+
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        _CountingHub.requests.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args) -> None:
+        return None
+
+
+def test_online_a_job_never_starts_a_download(hub, sam_env, tmp_path):
+    """Missing judge: the job runs without reranking; missing t5-base: it fails with the pull
+    line. Either way the (reachable) hub hears nothing from a job."""
+    import shutil
+
+    cache, _ = hub
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    _CountingHub.requests = []
+    try:
+        shutil.rmtree(cache / "models--facebook--sam-audio-judge")
+        sam_env.engine(models.ModelManager(models.SamSettings(variant="base", endpoint=endpoint)))
+        mix = make_mix(tmp_path, seconds=2.0)
+        result, _, _ = run_job(mix.path, tmp_path / "a", prompt="bass")
+        assert "without reranking" in result.manifest["notes"][0]
+        shutil.rmtree(cache / "models--t5-base")
+        sam_env.engine(models.ModelManager(models.SamSettings(variant="base", endpoint=endpoint)))
+        with pytest.raises(ReasamError, match="reasam models pull base"):
+            run_job(mix.path, tmp_path / "b", prompt="bass")
+        assert _CountingHub.requests == []
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_hub_not_downloaded_and_no_network(hub):
@@ -747,7 +1023,7 @@ def test_models_cli_list_pull_rm(hub, capsys, monkeypatch):
     assert main(["models", "list"]) == 0
     assert "not downloaded" in capsys.readouterr().out
     assert main(["models", "pull", "base"]) == 0
-    assert capsys.readouterr().out.strip() == str(snapshot)
+    assert capsys.readouterr().out.splitlines()[0] == f"model         {snapshot}"
     assert main(["models", "pull", "large"]) == 1
     assert "offline mode" in capsys.readouterr().err
     assert main(["models", "pull", "huge"]) == 2

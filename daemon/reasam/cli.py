@@ -44,6 +44,9 @@ def _float_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+_SEED_HELP = "seed of the model's random draws (SAM-Audio): same seed, same stems; default 0"
+
+
 def _add_separate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "separate",
@@ -63,6 +66,7 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default=None, metavar="S:E", help="part of the file to process (seconds)")
     p.add_argument("--engine", default="auto", choices=("auto", "sam", "spleeter", "dsp"))
     p.add_argument("--quality", default="balanced", choices=("fast", "balanced", "best"))
+    p.add_argument("--seed", type=int, default=0, help=_SEED_HELP)
     p.add_argument(
         "--out",
         type=Path,
@@ -114,6 +118,7 @@ def _cmd_separate(args: argparse.Namespace) -> int:
         region=Region.parse(args.region) if args.region else Region(),
         quality=args.quality,
         engine=args.engine,
+        seed=args.seed,
         output=OutputOptions(
             format=args.format,
             bit_depth=args.bit_depth,
@@ -260,7 +265,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p_list = msub.add_parser("list", help="variants, where their weights are and their size")
     p_list.add_argument("--json", action="store_true")
     p_list.set_defaults(func=_cmd_models_list)
-    p_pull = msub.add_parser("pull", help="download a variant into the hub cache")
+    p_pull = msub.add_parser(
+        "pull", help="download a variant, its T5 text encoder and the judge model into the hub cache"
+    )
     p_pull.add_argument(
         "variant", nargs="?", default=None, help=f"{_SAM_VARIANTS} (default: REASAM_SAM_VARIANT, else auto)"
     )
@@ -300,8 +307,15 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 def _cmd_models_pull(args: argparse.Namespace) -> int:
     manager = _models_manager(args)
     variant = manager.variant(args.variant)
-    sys.stderr.write(f"reasam: fetching SAM-Audio {variant} ...\n")
-    print(manager.pull(variant))
+    sys.stderr.write(f"reasam: fetching SAM-Audio {variant}, its T5 text encoder and the judge ...\n")
+    pulled = manager.pull(variant)
+    print(f"model         {pulled.model}")
+    print(f"text encoder  {pulled.text_encoder}")
+    if isinstance(pulled.judge, Path):
+        print(f"judge         {pulled.judge}")
+    else:
+        # Not fatal: jobs run; the presets that rerank say in their manifest that they did not.
+        sys.stderr.write(f"reasam: warning: no reranking for balanced/best: {pulled.judge.message}\n")
     return EXIT_OK
 
 
@@ -505,7 +519,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem).strip("-.")[:40] or "job"
     job_id = args.job_id or f"{stem}-{uuid.uuid4().hex[:8]}"
     pairs: list[Any] = []
-    for key in ("region", "quality", "engine", "format"):
+    for key in ("region", "quality", "engine", "format", "seed"):
         if getattr(args, key) is not None:
             pairs += [key, getattr(args, key)]
     if args.out is not None:
@@ -600,6 +614,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default=None, metavar="S:E")
     p.add_argument("--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"))
     p.add_argument("--quality", default=None, choices=("fast", "balanced", "best"))
+    p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
     p.add_argument("--format", default=None, choices=("wav", "flac", "mp3"))
     p.add_argument("--out", type=Path, default=None, help="output root (default: the daemon's)")
     p.add_argument("--job-id", default=None, help="default: <input name>-<random>")

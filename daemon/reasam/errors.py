@@ -52,3 +52,24 @@ class JobCancelled(Exception):
 
 def bad_request(message: str) -> ReasamError:
     return ReasamError("bad_request", message)
+
+
+# How running out of memory reads when it is not a MemoryError: torch's OutOfMemoryError says
+# "out of memory" (CUDA, and older torch, MPS and ROCm as a RuntimeError); torch's CPU allocator
+# raises RuntimeError("DefaultCPUAllocator: can't allocate memory: …").
+OUT_OF_MEMORY_TEXTS = ("out of memory", "can't allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Host or accelerator memory ran out. Looks at torch only if something already imported it,
+    so the jobs layer can ask without importing torch."""
+    if isinstance(exc, MemoryError):
+        return True
+    import sys
+
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(exc, oom):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in OUT_OF_MEMORY_TEXTS)

@@ -30,7 +30,6 @@ import re
 import shutil
 import sqlite3
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, audio
-from .errors import JobCancelled, ReasamError
+from .errors import JobCancelled, ReasamError, is_out_of_memory
 
 if TYPE_CHECKING:
     from .cache import ResultCache
@@ -335,18 +334,6 @@ def clear_outputs(job_dir: Path) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Host or accelerator memory ran out: torch's OutOfMemoryError (CUDA), or a RuntimeError
-    saying so (older torch, MPS, ROCm). torch is only looked at if a job already imported it."""
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    if isinstance(oom, type) and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def _write_json(final: Path, body: dict[str, Any], durable: bool, job_id: str) -> bool:
@@ -817,7 +804,7 @@ class JobManager:
             self._finish(job, "error", stage="error", message=exc.message, code=exc.code)
             log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
         except Exception as exc:
-            if _out_of_memory(exc):
+            if is_out_of_memory(exc):
                 detail = " ".join(str(exc).split())[:300]
                 message = (
                     f"out of memory ({type(exc).__name__}: {detail}); try quality fast or a shorter region"

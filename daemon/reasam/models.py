@@ -9,20 +9,29 @@ Where a model comes from, first match wins:
 3. the huggingface_hub cache (`HF_HUB_CACHE` / `HF_HOME`, or cache_dir), where
    `reasam models pull` downloads `facebook/sam-audio-<variant>`.
 
-Jobs never download: a job whose weights are missing fails at once with the command that fetches
-them (unless `REASAM_SAM_AUTO_DOWNLOAD=1`), so a request never stalls for gigabytes.
+What else a load reads, all from local folders: the T5 text encoder named in config.json
+(`t5-base`; `REASAM_SAM_T5` for a folder of your own) and, for the presets that rerank, the judge
+model facebook/sam-audio-judge (revision `sam_audio`). `reasam models pull` fetches all three.
 
-Upstream `SAMAudio.from_pretrained` is built on huggingface_hub's `ModelHubMixin`, whose keyword
-plumbing changed in huggingface_hub 1.0 (`TypeError: … missing 'proxies', 'resume_download'`).
-ReaSAM does not go through it: the snapshot is resolved (and downloaded) here with
-huggingface_hub's own `snapshot_download`, and the model is built from the local folder by
-calling the class's `_from_pretrained` with exactly the keywords its signature names. That works
-with huggingface_hub before and after 1.0, so the `sam` extra does not pin it.
+Jobs never download: a job whose model or T5 is missing fails at once with the command that
+fetches them (unless `REASAM_SAM_AUTO_DOWNLOAD=1`), so a request never stalls for gigabytes; a
+missing judge only turns reranking off (the engine says so in the manifest and the log).
 
-Loading is "lite": the visual ranker is never loaded, the vision encoder (≈671M parameters, only
-for video prompts) is replaced after load by a stub that keeps its `dim`, and the text ranker and
-span predictor are loaded only when a quality preset uses them. A model loaded with extras also
-serves jobs that need fewer; a job that needs more reloads once with the union.
+Upstream `SAMAudio.from_pretrained` (sam_audio/model/base.py) is built on huggingface_hub's
+`ModelHubMixin`, whose keyword plumbing changed in huggingface_hub 1.0 (`TypeError: … missing
+'proxies', 'resume_download'`), and applies overrides only to keys config.json already has.
+ReaSAM does not go through it: snapshots are resolved (and downloaded by `pull`) with
+huggingface_hub's own `snapshot_download`, and models are built from the local folder by
+`load_from_dir`, with every override applied. That works with any huggingface_hub, so the `sam`
+extra does not pin it.
+
+Loading is "lite": upstream's own rankers, its span predictor and the visual ranker are never
+built (they would load from the hub; the span predictor has no effect in upstream's
+`separate()` at commit 68b48d4 anyway), the vision encoder (≈671M parameters, only for video
+prompts) is replaced after load by a stub that keeps its `dim`, and the judge ranker is loaded
+only when a quality preset reranks. A model loaded with the judge also serves jobs that need
+less; a job that needs more reloads once. A judge that could not be loaded is remembered with
+its reason until the model is unloaded, so jobs do not retry it each time.
 
 Keep-alive: the model stays loaded between jobs and is unloaded once idle for
 `keep_alive_minutes` (0: right after each job; negative: never). A job holds a `Lease` from its
@@ -36,7 +45,6 @@ import contextlib
 import dataclasses
 import gc
 import importlib
-import inspect
 import json
 import logging
 import math
@@ -50,7 +58,7 @@ from typing import Any
 
 import torch
 
-from .errors import ReasamError
+from .errors import ReasamError, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,19 @@ LITE_GB = {"small": 2.0, "base": 2.8, "large": 6.2}
 # Total GPU memory (GiB) from which `auto` picks each size: weights plus room for activations of a
 # 30 s chunk with several reranking candidates.
 AUTO_MIN_GIB = {"large": 20.0, "base": 10.0, "small": 0.0}
-EXTRAS = ("ranker", "predictor")
+EXTRAS = ("ranker",)
+# What a SAM-Audio load needs besides the model repo (sam_audio/model/text_encoder.py loads the
+# T5 named in config.json, "t5-base" by default), and the judge model ReaSAM reranks with
+# (sam_audio/model/judge.py: facebook/sam-audio-judge at revision "sam_audio").
+T5_DEFAULT = "t5-base"
+# Only what transformers reads for a PyTorch T5 encoder and its tokenizer, not the repo's
+# TensorFlow, Flax, Rust and ONNX copies.
+T5_FILES = (
+    "config.json", "*.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "generation_config.json",
+)  # fmt: skip
+JUDGE_REPO = "facebook/sam-audio-judge"
+JUDGE_REVISION = "sam_audio"
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -206,33 +226,24 @@ def forget_import() -> None:
         _import_result = None
 
 
-_PLUMBING = {
-    "revision": None,
-    "cache_dir": None,
-    "force_download": False,
-    "proxies": None,
-    "resume_download": None,
-    "local_files_only": True,
-    "token": None,
-}
-
-
 def load_from_dir(model_cls: Any, folder: Path, overrides: Mapping[str, Any]) -> Any:
-    """Build `model_cls` from a local snapshot folder without the hub mixin's keyword plumbing.
+    """Build an upstream model class from a local snapshot folder: ReaSAM's own loading route.
 
-    Old upstream `_from_pretrained` requires `proxies` and `resume_download`, which the
-    huggingface_hub >= 1.0 mixin no longer passes; newer upstream dropped them. Passing exactly
-    the keywords the signature names works with both; a class without `_from_pretrained` gets
-    the public `from_pretrained(folder, **overrides)`.
+    Upstream's `from_pretrained` (sam_audio/model/base.py) goes through huggingface_hub's
+    `ModelHubMixin`, whose `_from_pretrained` requires `proxies` and `resume_download`, which
+    huggingface_hub >= 1.0 no longer passes (TypeError); and it applies keyword overrides only
+    to keys present in config.json, so a config without `span_predictor` builds upstream's
+    default predictor from the hub whatever is passed. Here the config is read and every
+    override applied, key present or not, then the class is built from its own `config_cls`
+    and `checkpoint.pt` loaded as upstream does (weights only, strict): no hub access, any
+    huggingface_hub.
     """
-    method = getattr(model_cls, "_from_pretrained", None)
-    if method is None:
-        return model_cls.from_pretrained(str(folder), **overrides)
-    params = inspect.signature(method).parameters
-    kwargs: dict[str, Any] = {"model_id": str(folder)}
-    kwargs.update({k: v for k, v in _PLUMBING.items() if k in params})
-    kwargs.update(overrides)
-    return method(**kwargs)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    config.update(overrides)
+    model = model_cls(model_cls.config_cls(**config))
+    state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 class _VisionStub(torch.nn.Module):
@@ -321,12 +332,6 @@ def empty_cache(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def smaller_variants(variant: str) -> list[str]:
     """Variants below `variant`, largest first, keeping the -tv flavour."""
     size = size_of(variant)
@@ -359,9 +364,20 @@ def format_bytes(n: int | None) -> str:
 
 
 def _hub_error(
-    exc: BaseException, repo: str, settings: SamSettings, local_only: bool, offline: bool
+    exc: BaseException,
+    repo: str,
+    settings: SamSettings,
+    local_only: bool,
+    offline: bool,
+    label: str | None = None,
+    pull: str | None = None,
 ) -> ReasamError:
+    """One line saying why `repo` could not be had; `label` names it, `pull` fetches it."""
     from huggingface_hub import errors
+
+    variant = repo.removeprefix(REPO_PREFIX)
+    label = label or f"SAM-Audio {variant}"
+    pull = pull or f"reasam models pull {variant}"
 
     page = f"https://huggingface.co/{repo}"
     logged_in = _token(settings) is not None
@@ -383,19 +399,21 @@ def _hub_error(
         extra = "" if logged_in else f" (if it is gated, {login} after accepting the licence at {page})"
         return ReasamError("not_found", f"{repo} not found on the hub{extra}")
     if isinstance(exc, errors.LocalEntryNotFoundError):
-        variant = repo.removeprefix(REPO_PREFIX)
+        local = (
+            "REASAM_SAM_T5 to a local t5-base folder"
+            if label.startswith("the T5")
+            else ("REASAM_SAM_MODEL to a local model folder")
+        )
         if offline:
             return ReasamError(
                 "not_found",
-                f"{repo} is not in the hub cache ({hub_cache_dir(settings)}) and offline mode is on "
-                f"(HF_HUB_OFFLINE): run `reasam models pull {variant}` while online, or set "
-                "REASAM_SAM_MODEL to a local model folder",
+                f"{label} ({repo}) is not in the hub cache ({hub_cache_dir(settings)}) and offline "
+                f"mode is on (HF_HUB_OFFLINE): run `{pull}` while online, or set {local}",
             )
         if local_only:
             return ReasamError(
                 "not_found",
-                f"SAM-Audio {variant} is not downloaded: run `reasam models pull {variant}` "
-                "(or set REASAM_SAM_MODEL to a local model folder)",
+                f"{label} is not downloaded: run `{pull}` (or set {local})",
             )
         return ReasamError(
             "engine_failed",
@@ -453,7 +471,121 @@ def _check_model_dir(folder: Path, what: str) -> Path:
     return folder
 
 
+def snapshot(
+    settings: SamSettings,
+    repo: str,
+    *,
+    revision: str | None = None,
+    download: bool | None = None,
+    patterns: tuple[str, ...] | None = None,
+    label: str | None = None,
+    pull: str | None = None,
+) -> Path:
+    """The local snapshot folder of a hub repo, downloaded only when allowed.
+
+    `download=None` follows settings.auto_download; offline mode never downloads. The one
+    route by which the model, T5 and the judge reach the disk, so a job never starts a download.
+    """
+    from huggingface_hub import snapshot_download
+
+    offline = is_offline(settings)
+    allowed = (settings.auto_download if download is None else download) and not offline
+    try:
+        path = snapshot_download(
+            repo,
+            revision=revision,
+            cache_dir=str(hub_cache_dir(settings)),
+            token=settings.token,
+            local_files_only=not allowed,
+            endpoint=settings.endpoint,
+            allow_patterns=list(patterns) if patterns else None,
+        )
+    except Exception as exc:
+        raise _hub_error(exc, repo, settings, not allowed, offline, label, pull) from None
+    return Path(path)
+
+
+def text_encoder_name(config: Mapping[str, Any]) -> str:
+    """The T5 a SAM-Audio config loads (its `text_encoder.name`, upstream default t5-base)."""
+    section = config.get("text_encoder")
+    name = section.get("name") if isinstance(section, dict) else None
+    return str(name or T5_DEFAULT)
+
+
+def check_t5_dir(folder: Path, what: str) -> Path:
+    """A T5 folder transformers can load: config, weights and a tokenizer file."""
+    if not folder.is_dir():
+        raise ReasamError("not_found", f"{what}: {folder} is not a folder")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
+        missing.append("model.safetensors")
+    if not (folder / "spiece.model").is_file() and not (folder / "tokenizer.json").is_file():
+        missing.append("spiece.model")
+    if missing:
+        raise ReasamError(
+            "not_found", f"{what}: {folder} lacks {' and '.join(missing)} (an incomplete download?)"
+        )
+    return folder
+
+
+class JudgeRanker(torch.nn.Module):
+    """Reranks candidates by the SAM-Audio judge's `overall` score (facebook/sam-audio-judge).
+
+    Upstream's own judge ranker (sam_audio/ranking/judge.py) loads the judge through the hub
+    mixin that fails on huggingface_hub >= 1.0, at model construction, from the hub. This one is
+    built from the judge's local snapshot by `load_from_dir` and upstream's judge processor, and
+    answers `separate()`'s ranker call (sam_audio/model/model.py): per batch item the candidates'
+    target audio, the input audio repeated per candidate, the text; scores (items, candidates).
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.processor = processor
+
+    def forward(
+        self,
+        extracted_audio: list[torch.Tensor],
+        input_audio: list[torch.Tensor],
+        descriptions: list[str],
+        sample_rate: int = SAMPLE_RATE,
+        **_: Any,
+    ) -> torch.Tensor:
+        items, candidates = len(extracted_audio), extracted_audio[0].shape[0]
+        features = self.processor(
+            text=[text for text in descriptions for _ in range(candidates)],
+            input_audio=[row[None] for item in input_audio for row in item],
+            separated_audio=[row[None] for item in extracted_audio for row in item],
+            return_tensors="pt",
+            padding=True,
+            sampling_rate=sample_rate,
+        )
+        scores = self.model(**features.to(extracted_audio[0].device)).overall
+        return scores.reshape(items, candidates)
+
+
 # --- loaded models and leases -----------------------------------------------------------------
+
+
+def _read_config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ReasamError("engine_failed", f"{folder / 'config.json'}: unreadable ({exc})") from None
+    if not isinstance(config, dict):
+        raise ReasamError("engine_failed", f"{folder / 'config.json'}: not a JSON object")
+    return config
+
+
+@dataclass
+class Pulled:
+    """What `reasam models pull` put in place: folders, or why the judge is not there."""
+
+    model: Path
+    text_encoder: Path
+    judge: Path | ReasamError
 
 
 @dataclass
@@ -472,14 +604,16 @@ class LoadedModel:
     parameters: int
     memory_bytes: int | None  # GPU memory after load (CUDA); None elsewhere
     vision_bytes_dropped: int = 0
+    # Extras asked for that could not be loaded, with the one-line reason (see `_load`).
+    missing: dict[str, str] = field(default_factory=dict)
 
     @property
     def has_ranker(self) -> bool:
         return getattr(self.model, "text_ranker", None) is not None
 
-    @property
-    def has_predictor(self) -> bool:
-        return getattr(self.model, "span_predictor", None) is not None
+    def serves(self, extras: frozenset[str]) -> bool:
+        """Whether this load answers `extras`: loaded, or already tried and found missing."""
+        return extras <= self.extras | self.missing.keys()
 
 
 class Lease:
@@ -575,34 +709,64 @@ class ModelManager:
                 if folder.exists():
                     return _check_model_dir(folder, "REASAM_SAM_MODELS_DIR")
         repo = repo_id(v)
-        offline = is_offline(s)
-        allowed = (s.auto_download if download is None else download) and not offline
-        from huggingface_hub import snapshot_download
+        return _check_model_dir(snapshot(s, repo, revision=s.revision, download=download), repo)
 
-        try:
-            path = snapshot_download(
-                repo,
-                revision=s.revision,
-                cache_dir=str(hub_cache_dir(s)),
-                token=s.token,
-                local_files_only=not allowed,
-                endpoint=s.endpoint,
-            )
-        except Exception as exc:
-            raise _hub_error(exc, repo, s, local_only=not allowed, offline=offline) from None
-        return _check_model_dir(Path(path), repo)
+    def resolve_text_encoder(
+        self, variant: str | None = None, *, folder: Path | None = None, download: bool | None = None
+    ) -> Path:
+        """The local T5 folder a variant's model loads (REASAM_SAM_T5, else the hub cache).
 
-    def pull(self, variant: str | None = None) -> Path:
-        """Download a variant into the hub cache (a no-op when complete); its folder."""
+        Upstream loads it by name at construction (sam_audio/model/text_encoder.py), from the
+        hub if need be; ReaSAM hands it a local folder so no load ever downloads.
+        """
         s = self.settings
         v = self.variant(variant)
+        if s.text_encoder:
+            return check_t5_dir(Path(s.text_encoder).expanduser(), "REASAM_SAM_T5")
+        folder = folder or self.resolve(v, download=download)
+        name = text_encoder_name(_read_config(folder))
+        if Path(name).is_dir():
+            return check_t5_dir(Path(name), f"{folder / 'config.json'}: text_encoder")
+        label = f"the T5 text encoder {name} that SAM-Audio loads"
+        path = snapshot(
+            s, name, download=download, patterns=T5_FILES, label=label, pull=f"reasam models pull {v}"
+        )
+        return check_t5_dir(path, name)
+
+    def resolve_judge(self, variant: str | None = None, *, download: bool | None = None) -> Path:
+        """The local snapshot of the judge model the `balanced` and `best` presets rerank with."""
+        v = self.variant(variant)
+        path = snapshot(
+            self.settings,
+            JUDGE_REPO,
+            revision=JUDGE_REVISION,
+            download=download,
+            label=f"the judge model {JUDGE_REPO} that reranks candidates",
+            pull=f"reasam models pull {v}",
+        )
+        return _check_model_dir(path, JUDGE_REPO)
+
+    def check(self, variant: str | None = None) -> None:
+        """Raise ReasamError unless a job could load `variant` now without downloading."""
+        self.resolve_text_encoder(variant, folder=self.resolve(variant))
+
+    def pull(self, variant: str | None = None) -> Pulled:
+        """Download what jobs of `variant` load: the model, its T5 and the judge (no-ops when
+        present). Only the judge may fail without failing the pull: presets then run without
+        reranking and say so."""
+        s = self.settings
+        v = self.variant(variant)
+        download = not is_offline(s)
+        model = None
         if s.model_path is not None or s.models_dir is not None:
-            folder = self._local_folder(v)
-            if folder is not None:
-                return folder
-        if is_offline(s):
-            return self.resolve(v, download=False)
-        return self.resolve(v, download=True)
+            model = self._local_folder(v)
+        model = model or self.resolve(v, download=download)
+        t5 = self.resolve_text_encoder(v, folder=model, download=download)
+        try:
+            judge: Path | ReasamError = self.resolve_judge(v, download=download)
+        except ReasamError as exc:
+            judge = exc
+        return Pulled(model, t5, judge)
 
     def _cache_entry(self, variant: str) -> Any | None:
         from huggingface_hub import scan_cache_dir
@@ -693,7 +857,7 @@ class ModelManager:
             with self._load_lock:
                 with self._lock:
                     current = self._state.loaded
-                if current is None or current.variant != v or not extras <= current.extras:
+                if current is None or current.variant != v or not current.serves(extras):
                     keep = current.extras if current is not None and current.variant == v else frozenset()
                     with self._lock:
                         self._state.loaded = None  # a lease on the old model keeps it alive until released
@@ -731,37 +895,42 @@ class ModelManager:
                 self._unload_locked()
 
     def _load(self, variant: str, extras: frozenset[str]) -> LoadedModel:
+        """Build the model from local folders only: the snapshot, its T5 and (for "ranker") the
+        judge. Upstream's own rankers, span predictor and visual ranker are switched off whatever
+        config.json holds: they would load from the hub at construction."""
         sam_audio = import_sam_audio()
         folder = self.resolve(variant)
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ReasamError("engine_failed", f"{folder / 'config.json'}: unreadable ({exc})") from None
-        overrides: dict[str, Any] = {}
-        if "visual_ranker" in config:
-            overrides["visual_ranker"] = None
-        if "ranker" not in extras and "text_ranker" in config:
-            overrides["text_ranker"] = None
-        if "predictor" not in extras and "span_predictor" in config:
-            overrides["span_predictor"] = None
-        if self.settings.text_encoder and isinstance(config.get("text_encoder"), dict):
-            overrides["text_encoder"] = {**config["text_encoder"], "name": self.settings.text_encoder}
+        config = _read_config(folder)
+        t5 = self.resolve_text_encoder(variant, folder=folder)
+        text_encoder = config.get("text_encoder") if isinstance(config.get("text_encoder"), dict) else {}
+        overrides: dict[str, Any] = {
+            "visual_ranker": None,
+            "text_ranker": None,
+            "span_predictor": None,
+            "text_encoder": {**text_encoder, "name": str(t5)},
+        }
         device = self.device()
         dtype = self.dtype(device)
         started = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model = None
+        missing: dict[str, str] = {}
         try:
             model = load_from_dir(sam_audio.SAMAudio, folder, overrides)
+            if "ranker" in extras:
+                ranker, problem = self._judge_ranker(sam_audio, variant)
+                if ranker is not None:
+                    model.text_ranker = ranker  # cast and moved with the model below
+                else:
+                    missing["ranker"] = problem or "unknown"
+                    log.warning("SAM-Audio %s: no reranking: %s", variant, problem)
             dropped = strip_vision_encoder(model) if self.settings.lite else 0
             model = model.eval().to(dtype=dtype).to(device)
             processor = sam_audio.SAMAudioProcessor.from_pretrained(str(folder))
         except Exception as exc:
             model = None
-            what = {"ranker": "the text ranker", "predictor": "the span predictor"}
-            with_extras = " and ".join(what[e] for e in sorted(extras))
-            label = f"SAM-Audio {variant}" + (f" with {with_extras}" if with_extras else "")
+            label = f"SAM-Audio {variant}"
             if is_out_of_memory(exc):
                 del exc
                 self._free_memory()
@@ -772,15 +941,6 @@ class ModelManager:
                     "out_of_memory", f"loading {label} ran out of memory on {device}: {advice}"
                 ) from None
             message = f"loading {label} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            if isinstance(exc, TypeError) and ("proxies" in str(exc) or "resume_download" in str(exc)):
-                message += (
-                    "; this sam_audio build needs huggingface_hub<1.0 for a part it loads itself: "
-                    "pip install 'huggingface_hub<1.0' 'transformers<5', or update sam-audio"
-                )
-            elif extras and isinstance(exc, ImportError):
-                message += (
-                    "; install the reranking extras (README, 'Installing SAM-Audio') or use --quality fast"
-                )
             raise ReasamError("engine_failed", message) from None
         seconds = time.perf_counter() - started
         params = sum(p.numel() for p in model.parameters())
@@ -792,15 +952,32 @@ class ModelManager:
             processor=processor,
             device=device,
             dtype=dtype,
-            extras=extras,
+            extras=extras - missing.keys(),
             load_seconds=seconds,
             weights_bytes=module_bytes(model),
             parameters=params,
             memory_bytes=memory,
             vision_bytes_dropped=dropped,
+            missing=missing,
         )
         log.info("loaded SAM-Audio %s from %s on %s (%s) in %.1f s", variant, folder, device, dtype, seconds)
         return loaded
+
+    def _judge_ranker(self, sam_audio: Any, variant: str) -> tuple[JudgeRanker | None, str | None]:
+        """The judge ranker from its local snapshot, or None and one line saying why not."""
+        try:
+            folder = self.resolve_judge(variant)
+        except ReasamError as exc:
+            return None, exc.message
+        try:
+            model = load_from_dir(sam_audio.SAMAudioJudgeModel, folder, {})
+            processor = sam_audio.SAMAudioJudgeProcessor.from_pretrained(str(folder))
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            detail = " ".join(str(exc).split())[:200]
+            return None, f"the judge model ({folder}) cannot be loaded: {type(exc).__name__}: {detail}"
+        return JudgeRanker(model.eval(), processor), None
 
     # -- unloading
 
@@ -863,6 +1040,7 @@ class ModelManager:
                         "device": str(lm.device),
                         "dtype": str(lm.dtype).removeprefix("torch."),
                         "extras": sorted(lm.extras),
+                        "missing": dict(lm.missing),
                         "lite": self.settings.lite,
                         "load_seconds": round(lm.load_seconds, 3),
                         "parameters": lm.parameters,

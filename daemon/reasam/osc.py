@@ -46,7 +46,7 @@ MAX_PATH_CHARS = 4096
 MAX_VALUE_CHARS = 4096
 MAX_MESSAGE_CHARS = 1000  # error messages are cut here so a reply always fits a datagram
 MAX_READABLE_JOB_ID = 256  # a longer "job id" is not echoed back: it is treated as unreadable
-SEPARATE_KEYS = ("region", "span", "quality", "engine", "out", "format", "reply_port", "token")
+SEPARATE_KEYS = ("region", "span", "quality", "engine", "out", "format", "reply_port", "token", "seed")
 # Addition to protocol v1: ping/status/cancel also take `reply_port`, so one-shot senders such
 # as oscsend can have the answer delivered to a listener (oscdump).
 CONTROL_KEYS = ("token", "reply_port")
@@ -613,6 +613,7 @@ class Server:
             quality=str(options.get("quality", self.settings.quality)),
             engine=str(options.get("engine", self.settings.engine)),
             output=OutputOptions(format=str(options.get("format", "wav"))),
+            seed=options.get("seed", 0),
         )
         return request, out_root
 

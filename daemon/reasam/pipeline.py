@@ -269,7 +269,11 @@ def run(
     with audio.SourceReader(info, first - context, last + context) as reader, contextlib.ExitStack() as stack:
         progress(0.02, "preparing")
         separator = _Separator(
-            engine, Prompt(text, request.spans, request.output.stereo), request.quality, reader, rate
+            engine,
+            Prompt(text, request.spans, request.output.stereo, request.seed),
+            request.quality,
+            reader,
+            rate,
         )
         # Without post-processing the first pass writes the final files directly; with it, the
         # first pass writes float temporaries that the second pass reads back and finishes.
@@ -357,6 +361,7 @@ def run(
                 "source_channels": info.channels,
                 "sum_rule": not post.active and fmt == "wav" and bit_depth == 32,
                 "post": post.as_dict(),
+                "notes": list(dict.fromkeys(n for sep in separator.separations for n in sep.notes)),
                 "seconds": round(time.monotonic() - started, 3),
             }
             audio.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")

@@ -26,6 +26,7 @@ DEFAULT_BIT_DEPTH = {"wav": 32, "flac": 24, "mp3": None}
 MIN_RATE, MAX_RATE = 8_000, 192_000
 MAX_PROMPT_CHARS = 500
 MAX_SPANS = 64
+MAX_SEED = 2**32 - 1
 
 _NUMBER = r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+"
 _RANGE = re.compile(rf"^\s*({_NUMBER})?\s*:\s*({_NUMBER})?\s*$")
@@ -45,6 +46,20 @@ def parse_range(text: str, what: str) -> tuple[float | None, float | None]:
     start = float(m.group(1)) if m.group(1) else None
     end = float(m.group(2)) if m.group(2) else None
     return start, end
+
+
+def parse_seed(value: Any) -> int:
+    """A seed given as an int, an integral float (OSC) or text: a whole number 0-2^32-1."""
+    if isinstance(value, bool):
+        raise bad_request(f"seed must be a whole number, got {value!r}")
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int) else value
+        seed = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise bad_request(f"seed must be a whole number, got {value!r}") from None
+    if seed != number or not 0 <= seed <= MAX_SEED:
+        raise bad_request(f"seed must be a whole number from 0 to {MAX_SEED}, got {value!r}")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,9 @@ class Request:
     quality: str = "balanced"
     engine: str = "auto"
     output: OutputOptions = field(default_factory=OutputOptions)
+    # Seeds the random draws of engines that make them (SAM-Audio's noise), so the same request
+    # gives the same stems bit for bit on one machine; another seed gives another take.
+    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
@@ -192,6 +210,7 @@ class Request:
             raise bad_request(f"quality must be one of {', '.join(QUALITIES)}, got {self.quality!r}")
         if self.engine not in ENGINES:
             raise bad_request(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        object.__setattr__(self, "seed", parse_seed(self.seed))
 
     @property
     def target_name(self) -> str:
@@ -213,6 +232,7 @@ class Request:
             "mono": self.output.mono,
             "stereo": self.output.stereo,
             "post": self.output.post.as_dict(),
+            "seed": self.seed,
         }
 
 
@@ -261,6 +281,7 @@ def decode_request(data: dict[str, Any]) -> Request:
 FIELD_NAMES = (
     "prompt", "span", "region", "engine", "quality", "format", "output_format", "bit_depth",
     "sample_rate", "mono", "stereo", "normalize_peak", "normalize_lufs", "trim_silence", "gate",
+    "seed",
 )  # fmt: skip
 _POST_FIELDS = {
     "normalize_peak": "peak_dbfs",
@@ -315,12 +336,11 @@ def request_from_fields(
         spans = [s for s in spans.split(";") if s.strip()]
     elif not isinstance(spans, list | tuple):
         raise bad_request(f"span must be text or a list, got {spans!r}")
+
     def number(name: str, kind: type) -> Any:
         return _number(merged[name], name, kind) if name in merged else None
 
-    post = {
-        attr: number(name, float) for name, attr in _POST_FIELDS.items() if name in merged
-    }
+    post = {attr: number(name, float) for name, attr in _POST_FIELDS.items() if name in merged}
     return Request(
         source=source,
         prompt=str(merged.get("prompt", "")),
@@ -336,4 +356,5 @@ def request_from_fields(
             stereo=str(merged.get("stereo", "mask")).strip(),
             post=PostProcess(**post),
         ),
+        seed=merged.get("seed", 0),
     )

@@ -9,7 +9,7 @@ sum rule exact for every engine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,10 +48,15 @@ class Prompt:
     text: str
     spans: tuple[Span, ...] = ()
     stereo: str = "mask"  # request.OutputOptions.stereo: how a mono model's output fills channels
+    seed: int = 0  # request.Request.seed: for engines that draw random numbers (sam's noise)
 
 
 class Separation(ABC):
     """A prompt prepared for one job; called once per chunk (and channel group)."""
+
+    # What the user should know about how the job ran (a preset that ran with less than it
+    # names, say): the pipeline writes them into manifest.json's `notes`.
+    notes: Sequence[str] = ()
 
     @abstractmethod
     def separate(self, audio: np.ndarray, start: float) -> np.ndarray:

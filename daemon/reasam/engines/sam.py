@@ -8,10 +8,19 @@ How a request becomes model calls:
 - text → `descriptions=[text]` (lower-cased, as the model was trained); spans →
   `anchors=[("+"|"-", start, end), …]` relative to each call's audio, snapped outward to the
   model's 40 ms frames; a span-only prompt has the description "";
-- quality → reranking candidates, span prediction and ODE steps (`PRESETS`, README table). A
-  preset whose ranker or span predictor is not available fails and says so, never quietly does
-  less. Span prediction only applies to text prompts (anchors, when given, are the spans), and
-  span-only prompts are not reranked (the rankers score against the text);
+- quality → reranking candidates and ODE steps (`PRESETS`, README table). Candidates are ranked
+  by the SAM-Audio judge (`models.JudgeRanker`); where the judge is not available (not
+  downloaded, no access, cannot load) the preset runs one candidate with its ODE steps and says
+  so once, in the manifest's `notes` and the log, rather than failing or drawing candidates
+  nobody ranks. Span-only prompts are not reranked (the judge scores against the text). No
+  preset uses upstream's span predictor: in upstream's `separate()` (sam_audio/model/model.py,
+  commit 68b48d4) the model inputs are built before spans are predicted, so predicted spans never
+  reach the model;
+- noise: upstream draws fresh noise on every `separate()` call (`torch.randn_like`). Each call
+  here draws it from torch's generator seeded with the request's `seed` and the call's position
+  in the source, inside `torch.random.fork_rng` and one process-wide lock, so the same request
+  gives the same stems bit for bit on one machine (CLI, daemon and cache agree) and nobody
+  else's random state is touched;
 - audio arrives at 48 kHz (the pipeline resamples with soxr), is downmixed to mono here and cast
   to the model's dtype (`Batch.to` never casts); the output, padded up to 1920-sample frames, is
   trimmed back to the input.
@@ -28,7 +37,8 @@ channel of the original, so each stem keeps the mix's stereo image and its bits 
 original audio; the pipeline's residual = mix - target keeps the sum exact. `mono` mode returns
 the raw model target on every channel.
 
-Memory: one model per process; the CUDA cache is emptied after every chunk. On out-of-memory the
+Memory: one model per process; the CUDA cache is emptied after every chunk. On out-of-memory
+(CUDA's, or the host's: torch's CPU allocator raises a RuntimeError "can't allocate memory") the
 chunk is retried in halves (crossfaded, sticky for the rest of the job) down to 5 s pieces;
 beyond that the job fails with `out_of_memory` naming a variant that would fit, and the engine
 stays usable.
@@ -36,10 +46,13 @@ stays usable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,12 +84,13 @@ MASK_HOP = 512
 MASK_POWER = 2.0
 MASK_EPS = 1e-12
 STAT_KEYS = ("calls", "prefixed_calls", "oom_retries", "model_seconds", "mask_seconds")
+# Seeding torch's generators is process-wide: one seeded model call at a time.
+_RNG_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class Preset:
-    candidates: int  # reranking candidates (k× the transformer work)
-    predict_spans: bool  # span predictor for text prompts
+    candidates: int  # reranking candidates (k× the transformer work), ranked by the judge
     ode_opt: dict = field(default_factory=dict)  # torchdiffeq options: method and step size
 
     @property
@@ -88,24 +102,35 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # 8 midpoint steps: half the upstream default's model evaluations.
-    "fast": Preset(1, False, {"method": "midpoint", "options": {"step_size": 1 / 8}}),
+    "fast": Preset(1, {"method": "midpoint", "options": {"step_size": 1 / 8}}),
     # The upstream default ODE (midpoint, step 2/32: 16 steps, 32 evaluations).
-    "balanced": Preset(4, True, {"method": "midpoint", "options": {"step_size": 2 / 32}}),
-    "best": Preset(8, True, {"method": "midpoint", "options": {"step_size": 2 / 32}}),
+    "balanced": Preset(4, {"method": "midpoint", "options": {"step_size": 2 / 32}}),
+    "best": Preset(8, {"method": "midpoint", "options": {"step_size": 2 / 32}}),
 }
 
 
-def _needs(quality: str, text: bool, spans: bool) -> tuple[int, bool, frozenset[str]]:
-    """(reranking candidates, span prediction, extras to load) for a preset and prompt kind.
+def _needs(quality: str, text: bool) -> tuple[int, frozenset[str]]:
+    """(reranking candidates, extras to load) for a preset and prompt kind.
 
-    Span-only prompts are not reranked (the rankers score text), and given spans are not
-    predicted again.
+    Span-only prompts are not reranked (the judge scores against the text).
     """
-    preset = PRESETS[quality]
-    candidates = preset.candidates if text else 1
-    predict = preset.predict_spans and not spans
-    extras = frozenset(({"ranker"} if candidates > 1 else set()) | ({"predictor"} if predict else set()))
-    return candidates, predict, extras
+    candidates = PRESETS[quality].candidates if text else 1
+    return candidates, frozenset({"ranker"} if candidates > 1 else ())
+
+
+def call_seed(seed: int, start: float) -> int:
+    """The seed of one model call: the request's seed and where the call starts in the source,
+    so chunks draw different noise and the same request draws the same."""
+    return (seed * 1_000_003 + round(start * SAMPLE_RATE)) % 2**63
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int) -> Iterator[None]:
+    """torch's generators (CPU and `device`) seeded for one call, restored afterwards."""
+    devices = [device.index or 0] if device.type == "cuda" else []  # mps: seeded, not restored
+    with _RNG_LOCK, torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _anchor_time(frame: int) -> float:
@@ -157,21 +182,20 @@ class _SamSeparation(Separation):
         self,
         engine: SamEngine,
         lease: models.Lease,
-        text: str,
-        spans: tuple[Span, ...],
+        prompt: Prompt,
         quality: str,
-        stereo: str,
+        candidates: int,
         fetch_span: SpanFetcher,
     ) -> None:
         self.engine = engine
         self.loaded = lease.model
-        self.text = text
-        self.spans = spans
+        self.text = prompt.text
+        self.spans = spans = prompt.spans
+        self.seed = prompt.seed
         self.quality = quality
         self.preset = PRESETS[quality]
-        self.candidates = self.preset.candidates if text else 1
-        self.predict_spans = self.preset.predict_spans and not spans
-        self.stereo = stereo
+        self.candidates = candidates
+        self.stereo = prompt.stereo
         self.piece_frames: int | None = None  # set after an out-of-memory: pieces this long
         self._plus_total = sum(s.end - s.start for s in spans if s.positive)
         # Fetched now rather than when a chunk first needs it: holding `fetch_span` would tie this
@@ -181,6 +205,7 @@ class _SamSeparation(Separation):
         self._finalizer = weakref.finalize(self, lease.release)
         # What this job's calls did (engine.totals sums every job's), for tests and benchmarks.
         self.stats = dict.fromkeys(STAT_KEYS, 0.0)
+        self.notes: list[str] = []
 
     def close(self) -> None:
         self._finalizer()
@@ -235,7 +260,7 @@ class _SamSeparation(Separation):
             advice = [f"try variant {hint} (REASAM_SAM_VARIANT={hint})"] if hint else []
             if self.candidates > 1:
                 advice.append("--quality fast (no reranking candidates)")
-            advice.append("or free GPU memory")
+            advice.append("or free GPU memory" if lm.device.type != "cpu" else "or free memory")
             raise ReasamError(
                 "out_of_memory",
                 f"SAM-Audio {lm.variant} ran out of memory on {lm.device} even on "
@@ -262,7 +287,7 @@ class _SamSeparation(Separation):
             self._count("prefixed_calls", 1)
         else:
             x, p = mono, 0
-        target, residual = self._call(x, anchors)
+        target, residual = self._call(x, anchors, call_seed(self.seed, start))
         target, residual = target[p : p + n], residual[p : p + n]
         if self.stereo == "mono":
             return target[None].repeat(channels, 1).cpu().numpy()
@@ -272,7 +297,7 @@ class _SamSeparation(Separation):
         self._count("mask_seconds", time.perf_counter() - t0)
         return out
 
-    def _call(self, x: np.ndarray, anchors: list | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _call(self, x: np.ndarray, anchors: list | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         lm = self.loaded
         frames = math.ceil(x.shape[0] / HOP)
         if frames > models.MAX_FRAMES:
@@ -287,12 +312,9 @@ class _SamSeparation(Separation):
             audios=[wav],
             anchors=[anchors] if anchors else None,
         ).to(lm.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), seeded(lm.device, seed):
             result = lm.model.separate(
-                batch,
-                reranking_candidates=self.candidates,
-                predict_spans=self.predict_spans,
-                ode_opt=self.preset.ode_opt,
+                batch, reranking_candidates=self.candidates, ode_opt=self.preset.ode_opt
             )
         n = x.shape[0]
         target = result.target[0].reshape(-1)[:n].float()
@@ -407,14 +429,14 @@ class SamEngine(Engine):
         if problem is not None:
             return problem
         try:
-            self.manager.resolve()
+            self.manager.check()
         except ReasamError as exc:
             return exc.message
         return None
 
     def warm(self, quality: str = "balanced") -> None:
         """Load the model with what a text prompt of `quality` needs; keep-alive decides after."""
-        self.manager.acquire(extras=_needs(quality, True, False)[2]).release()
+        self.manager.acquire(extras=_needs(quality, True)[1]).release()
 
     def state(self) -> str:
         return self.manager.state_line()
@@ -425,7 +447,11 @@ class SamEngine(Engine):
         row["model_state"] = self.manager.state_line()
         row["model_info"] = self.manager.state()
         row["presets"] = {
-            name: {"candidates": p.candidates, "predict_spans": p.predict_spans, "evaluations": p.evaluations}
+            name: {
+                "candidates": p.candidates,
+                "ranker": "judge" if p.candidates > 1 else None,
+                "evaluations": p.evaluations,
+            }
             for name, p in PRESETS.items()
         }
         return row
@@ -437,29 +463,30 @@ class SamEngine(Engine):
             raise ReasamError("bad_request", self._settings_error)
         if quality not in PRESETS:
             raise ReasamError("bad_request", f"quality must be one of {', '.join(PRESETS)}, got {quality!r}")
-        stereo = prompt.stereo
         if not prompt.text and not any(s.positive for s in prompt.spans):
             raise ReasamError("unsupported_prompt", "SAM-Audio needs a text prompt or a + span")
-        candidates, predict, extras = _needs(quality, bool(prompt.text), bool(prompt.spans))
+        candidates, extras = _needs(quality, bool(prompt.text))
         lease = self.manager.acquire(extras=extras)
         try:
-            self._check_extras(lease.model, quality, candidates, predict)
-            separation = _SamSeparation(self, lease, prompt.text, prompt.spans, quality, stereo, fetch_span)
+            lm = lease.model
+            note = None
+            if candidates > 1 and not lm.has_ranker:
+                reason = lm.missing.get("ranker", "no ranker loaded")
+                note = (
+                    f"quality {quality} ran without reranking (1 candidate instead of {candidates}, "
+                    f"{self._steps(quality)}): {reason}"
+                )
+                candidates = 1
+            separation = _SamSeparation(self, lease, prompt, quality, candidates, fetch_span)
         except BaseException:
             lease.release()
             raise
+        if note is not None:
+            log.warning("SAM-Audio: %s", note)
+            separation.notes.append(note)
         return separation
 
     @staticmethod
-    def _check_extras(lm: models.LoadedModel, quality: str, candidates: int, predict: bool) -> None:
-        missing = []
-        if candidates > 1 and not lm.has_ranker:
-            missing.append(f"a text ranker to rerank its {candidates} candidates")
-        if predict and not lm.has_predictor:
-            missing.append("the span predictor")
-        if missing:
-            raise ReasamError(
-                "engine_failed",
-                f"quality {quality} needs {' and '.join(missing)}, but SAM-Audio {lm.variant} "
-                f"({lm.folder}) has none configured in its config.json; use --quality fast",
-            )
+    def _steps(quality: str) -> str:
+        preset = PRESETS[quality]
+        return f"{preset.evaluations // 2} {preset.ode_opt['method']} steps"

@@ -1,11 +1,18 @@
-"""Test double of `sam_audio.processor`: `SAMAudioProcessor` and `Batch`, as documented upstream.
+"""Test double of `sam_audio.processor` (upstream sam_audio/processor.py, commit 68b48d4).
 
-Follows ../shared/docs/sam-audio.md and the upstream processor: `from_pretrained` reads only
-config.json (a local folder, else the hub via `hf_hub_download`); calling the processor pads the
-audios into one (B, 1, T) tensor after a mono downmix (`wav.mean(0)`, so a 1-D tensor is
-mishandled exactly as upstream mishandles it); tensors are NOT resampled, paths are; anchors
-become per-frame alignment indices with the upstream rounding (ceil of seconds * rate / hop, for
-start and end alike); `Batch.to(device)` moves tensors and never changes their dtype.
+As upstream: `from_pretrained` reads only config.json (a local folder, else the hub via
+`hf_hub_download` at the class's `revision`); calling the processor pads the audios into one
+(B, 1, T) tensor after a mono downmix (`wav.mean(0)`, so a 1-D tensor is mishandled exactly as
+upstream mishandles it); tensors are NOT resampled, paths are; `sizes` (frames per item) is
+`torch.ceil(wav_sizes / hop)`, a FLOAT tensor; anchors become per-frame alignment indices with
+the upstream rounding (ceil of seconds * rate / hop, for start and end alike);
+`Batch.process_anchors` replaces the anchors of a batch in place (span prediction uses it);
+`Batch.to(device)` moves tensors and never changes their dtype.
+
+`SAMAudioJudgeProcessor` (revision "sam_audio") also loads the judge's tokenizer from the same
+folder (upstream: `AutoTokenizer.from_pretrained`; here: the folder must hold
+tokenizer_config.json) and turns text, input audio and separated audio into the judge's
+`input_ids`, `input_values`, `separated_values` and `padding_mask`.
 """
 
 from __future__ import annotations
@@ -29,13 +36,13 @@ def _rate(config: dict) -> int:
     return int(config.get("audio_codec", {}).get("sample_rate", 48_000))
 
 
-def read_config(model_name_or_path: str) -> dict:
+def read_config(model_name_or_path: str, revision: str | None = None) -> dict:
     if os.path.exists(model_name_or_path):
         path = os.path.join(model_name_or_path, "config.json")
     else:
-        from huggingface_hub import hf_hub_download
+        from .model import hub_fetch
 
-        path = hf_hub_download(repo_id=model_name_or_path, filename="config.json")
+        path = hub_fetch(model_name_or_path, revision=revision, filename="config.json")
     with open(path) as fin:
         return json.load(fin)
 
@@ -94,6 +101,8 @@ class Batch:
         self.wav_sizes = self.wav_sizes.to(device)
         if self.audio_pad_mask is not None:
             self.audio_pad_mask = self.audio_pad_mask.to(device)
+        if self.masked_video is not None:
+            self.masked_video = [v.to(device) for v in self.masked_video]
         return self
 
     def process_anchors(self, anchors: list | None) -> None:
@@ -120,13 +129,15 @@ class Batch:
 
 
 class SAMAudioProcessor:
+    revision: str | None = None
+
     def __init__(self, audio_hop_length: int, audio_sampling_rate: int) -> None:
         self.audio_hop_length = audio_hop_length
         self.audio_sampling_rate = audio_sampling_rate
 
     @classmethod
     def from_pretrained(cls, model_name_or_path: str) -> SAMAudioProcessor:
-        config = read_config(model_name_or_path)
+        config = read_config(model_name_or_path, cls.revision)
         return cls(audio_hop_length=_hop(config), audio_sampling_rate=_rate(config))
 
     def wav_to_feature_idx(self, wav_idx):
@@ -142,8 +153,8 @@ class SAMAudioProcessor:
         assert len(descriptions) == len(audios)
         assert anchors is None or len(descriptions) == len(anchors)
         audio, wav_sizes = batch_audio(audios, self.audio_sampling_rate)
-        sizes = self.wav_to_feature_idx(wav_sizes).long()
-        pad_mask = torch.arange(int(sizes.max())).expand(len(sizes), -1) < sizes.unsqueeze(1)
+        sizes = self.wav_to_feature_idx(wav_sizes)  # float: torch.ceil of a true division
+        pad_mask = torch.arange(sizes.max()).expand(len(sizes), -1) < sizes.unsqueeze(1)
         return Batch(
             audios=audio,
             sizes=sizes,
@@ -156,4 +167,45 @@ class SAMAudioProcessor:
         )
 
 
-__all__ = ["Batch", "SAMAudioProcessor"]
+class JudgeFeatures(dict):
+    """transformers' BatchFeature, as far as the judge ranker uses it: a dict with `.to()`."""
+
+    def to(self, device) -> JudgeFeatures:
+        return JudgeFeatures({k: v.to(device) for k, v in self.items()})
+
+
+class SAMAudioJudgeProcessor(SAMAudioProcessor):
+    revision = "sam_audio"
+
+    def __init__(self, audio_hop_length: int, audio_sampling_rate: int, tokenizer: str) -> None:
+        super().__init__(audio_hop_length, audio_sampling_rate)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str) -> SAMAudioJudgeProcessor:
+        config = read_config(model_name_or_path, cls.revision)
+        if not os.path.isfile(os.path.join(model_name_or_path, "tokenizer_config.json")):
+            raise OSError(f"Can't load tokenizer for '{model_name_or_path}'.")
+        return cls(_hop(config), _rate(config), tokenizer=model_name_or_path)
+
+    def _pad(self, wavs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        wavs = [w.reshape(-1) for w in wavs]
+        lengths = torch.tensor([w.numel() for w in wavs])
+        padded = pad_sequence(wavs, batch_first=True).unsqueeze(1)
+        return padded, torch.arange(int(lengths.max()))[None] < lengths[:, None]
+
+    def __call__(self, text=None, input_audio=None, separated_audio=None, sampling_rate=None, **_):
+        if sampling_rate is not None and sampling_rate != self.audio_sampling_rate:
+            raise ValueError(f"expected {self.audio_sampling_rate} Hz, got {sampling_rate}")
+        out = JudgeFeatures()
+        if text is not None:
+            out["input_ids"] = torch.tensor([[len(t)] for t in text])
+            out["attention_mask"] = torch.ones(len(text), 1, dtype=torch.long)
+        if input_audio is not None:
+            out["input_values"], out["padding_mask"] = self._pad(input_audio)
+        if separated_audio is not None:
+            out["separated_values"], _ = self._pad(separated_audio)
+        return out
+
+
+__all__ = ["Batch", "SAMAudioJudgeProcessor", "SAMAudioProcessor"]
