@@ -721,12 +721,14 @@ def test_busy_beyond_queue_limit_no_token_on_loopback_and_preload(tmp_path: Path
     assert d.stop() == 0
 
 
-def _sam_model_dir(folder: Path) -> Path:
-    """A model folder the SAM test double loads (see tests/test_sam.py), written in process."""
+def _sam_model_dir(folder: Path, hub: Path) -> Path:
+    """A model folder the SAM test double loads (see tests/test_sam.py), written in process,
+    and t5-base and the judge in the hub cache `hub`, as `reasam models pull` leaves them."""
     sys.path.insert(0, str(SAM_DOUBLE))
     try:
-        from sam_audio.testing import write_model_dir
+        from sam_audio.testing import write_extras_cache, write_model_dir
 
+        write_extras_cache(hub)
         return write_model_dir(folder, "base")
     finally:
         sys.path.remove(str(SAM_DOUBLE))
@@ -746,9 +748,11 @@ def test_sam_jobs_keep_alive_log_file_and_sigint(tmp_path: Path) -> None:
     rotating log file is written; SIGINT stops the daemon as cleanly as SIGTERM."""
     env = {
         "PYTHONPATH": os.pathsep.join(p for p in (str(SAM_DOUBLE), os.environ.get("PYTHONPATH")) if p),
-        "REASAM_SAM_MODEL": str(_sam_model_dir(tmp_path / "model-base")),
+        "REASAM_SAM_MODEL": str(_sam_model_dir(tmp_path / "model-base", tmp_path / "hub")),
         "REASAM_SAM_VARIANT": "base",
         "REASAM_SAM_DEVICE": "cpu",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
     }
     src = write_noise(tmp_path / "mix.wav", 3.0, rate=44100, seed=51)
     log_file = tmp_path / "logs" / "serve.log"
@@ -791,6 +795,55 @@ def test_sam_jobs_keep_alive_log_file_and_sigint(tmp_path: Path) -> None:
     assert d.stop() == 0
     written = log_file.read_text()
     assert written.count("loaded SAM-Audio base") == 2 and "Traceback" not in written
+
+
+def test_sam_default_preset_and_seed_agree_with_the_cli(tmp_path: Path) -> None:
+    """`reasam send` at the default quality (balanced: judge-ranked candidates) works; with one
+    seed the daemon, the in-process CLI and the result cache give the same bits; another seed
+    gives another take (SAM-Audio draws fresh noise per call: sam_audio/model/model.py)."""
+    hub = tmp_path / "hub"
+    env = {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(SAM_DOUBLE), os.environ.get("PYTHONPATH")) if p),
+        "REASAM_SAM_MODEL": str(_sam_model_dir(tmp_path / "model-base", hub)),
+        "REASAM_SAM_VARIANT": "base",
+        "REASAM_SAM_DEVICE": "cpu",
+        "HF_HUB_CACHE": str(hub),
+        "HF_HUB_OFFLINE": "1",
+    }
+    src = write_noise(tmp_path / "mix.wav", 3.0, rate=44100, seed=52)
+    d = Daemon(tmp_path / "d", env=env).start()
+
+    def send(job_id: str, *flags: str) -> tuple[dict[str, Any], np.ndarray]:
+        proc = d.cli(
+            "send", str(src), "-p", "bass", "--engine", "sam", "--job-id", job_id, *flags, timeout=120
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        manifest = json.loads(proc.stdout)["manifest"]
+        return manifest, sf.read(manifest["stems"][0]["path"], dtype="float32")[0]
+
+    seven, daemon_bits = send("s7", "--seed", "7")
+    assert seven["quality"] == "balanced" and seven["notes"] == [] and seven["request"]["seed"] == 7
+    _, cached_bits = send("s7-again", "--seed", "7")
+    _, other_bits = send("s8", "--seed", "8")
+    _, default_bits = send("s0")
+    with d.client() as client:
+        client.send("/reasam/separate", "bad-seed", str(src), "bass", "seed", "x", *client.auth())
+        address, reply = collect(client, final_for("bad-seed"))[-1]
+        assert address == "/reasam/error" and reply[1] == "bad_request" and "seed" in reply[2]
+    assert d.stop() == 0
+    flags = ["-p", "bass", "--engine", "sam", "--seed", "7", "--out", str(tmp_path / "cli"), "--job-id", "s7"]
+    cli = subprocess.run(
+        [PYTHON, "-m", "reasam.cli", "separate", str(src), *flags, "-q"],
+        env={**clean_env(tmp_path / "d"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    cli_bits = sf.read(tmp_path / "cli" / "s7" / "bass.wav", dtype="float32")[0]
+    assert np.array_equal(daemon_bits, cli_bits) and np.array_equal(daemon_bits, cached_bits)
+    assert not np.array_equal(daemon_bits, other_bits) and not np.array_equal(daemon_bits, default_bits)
+    assert np.max(np.abs(daemon_bits - other_bits)) < 1e-3  # another take, not another result
 
 
 def test_no_token_refused_off_loopback(tmp_path: Path) -> None:
