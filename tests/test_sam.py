@@ -720,6 +720,57 @@ def test_out_of_memory_retries_with_shorter_pieces(sam_env, tmp_path):
     assert engine.manager.state()["active_jobs"] == 0
 
 
+def test_host_out_of_memory_retries_in_halves_then_says_out_of_memory(sam_env, tmp_path):
+    """On CPU torch's allocator raises RuntimeError("DefaultCPUAllocator: can't allocate memory
+    …"), which never says "out of memory": it is recognised all the same (errors.py)."""
+    from sam_audio.testing import write_model_dir
+
+    folder = write_model_dir(tmp_path / "host-oom", "base", host_oom_above_seconds=8.0)
+    engine = sam_env.engine(model_path=folder, chunk_seconds=20.0, overlap_seconds=1.0)
+    mix = make_mix(tmp_path, seconds=24.0)
+    _, target, residual = run_job(mix.path, tmp_path / "job", prompt="bass", quality="fast")
+    assert sdr(target, mix.sources["bass"]) > 45
+    assert np.max(np.abs(target + residual - mix.mix)) < 1e-6
+    assert engine.manager._state.loaded.model.calls[-1]["frames"] * 1920 / 48000 <= 8.0
+    tight = write_model_dir(tmp_path / "host-oom-tight", "base", host_oom_above_seconds=2.0)
+    engine = sam_env.engine(model_path=tight)
+    with pytest.raises(ReasamError) as info:
+        run_job(mix.path, tmp_path / "fails", prompt="bass", quality="fast")
+    assert info.value.code == "out_of_memory" and "can't allocate memory" in info.value.message
+    assert "free memory" in info.value.message and "GPU" not in info.value.message
+    assert engine.manager.state()["active_jobs"] == 0
+
+
+def test_seed_is_part_of_the_request():
+    """Validated once, journaled, fingerprinted (encode_request) and in the manifest."""
+    from reasam.request import decode_request, encode_request, request_from_fields
+
+    request = Request(source=Path("/x.wav"), prompt="bass", seed=7)
+    assert request.as_dict()["seed"] == 7 and encode_request(request)["seed"] == 7
+    assert decode_request(encode_request(request)) == request
+    assert encode_request(request) != encode_request(replace(request, seed=8))
+    assert Request(source=Path("/x.wav"), prompt="bass", seed=7.0).seed == 7  # OSC floats
+    assert request_from_fields(Path("/x.wav"), {"prompt": "bass", "seed": "9"}).seed == 9
+    for bad in (-1, 1.5, "x", 2**32, True):
+        with pytest.raises(ReasamError, match="seed") as info:
+            Request(source=Path("/x.wav"), prompt="bass", seed=bad)
+        assert info.value.code == "bad_request"
+
+
+def test_same_seed_same_bits_other_seed_other_take(sam_env, tmp_path):
+    """Two fresh engines (as two processes would be) give the same bits for one seed, chunked
+    or not; another seed draws other noise (sam_audio/model/model.py draws it per call)."""
+    mix = make_mix(tmp_path, seconds=20.0, bursts=[3.0])
+
+    def take(name: str, seed: int) -> np.ndarray:
+        sam_env.engine(chunk_seconds=8.0, overlap_seconds=1.0)
+        return run_job(mix.path, tmp_path / name, prompt="bass", quality="fast", seed=seed)[1]
+
+    a, b, c = take("a", 3), take("b", 3), take("c", 4)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c) and sdr(c, mix.sources["bass"]) > 50
+
+
 def test_out_of_memory_reports_a_variant_and_stays_usable(sam_env, tmp_path):
     from sam_audio.testing import write_model_dir
 
@@ -1063,7 +1114,7 @@ def test_cli_span_and_text_prompts_in_a_subprocess(sam_env, tmp_path):
     common = ["--out", str(out), "-q", "--engine", "sam"]
     for job in (
         ["separate", str(mix.path), "--span", "+2:3", *common, "--job-id", "span"],
-        ["separate", str(mix.path), "-p", "bass", "--quality", "fast", *common, "--job-id", "text"],
+        ["separate", str(mix.path), "-p", "bass", *common, "--job-id", "text"],  # default: balanced
     ):
         proc = subprocess.run([reasam, *job], env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
@@ -1074,3 +1125,5 @@ def test_cli_span_and_text_prompts_in_a_subprocess(sam_env, tmp_path):
     assert sdr(text.T, mix.sources["bass"]) > 50
     manifest = json.loads((out / "span" / "manifest.json").read_text())
     assert manifest["engine"] == "sam" and manifest["request"]["spans"] == ["+2:3"]
+    text_manifest = json.loads((out / "text" / "manifest.json").read_text())
+    assert text_manifest["quality"] == "balanced" and text_manifest["notes"] == []  # reranked
