@@ -188,11 +188,13 @@ def main() -> None:
         sf.write(source, mix.T, SR, subtype="FLOAT")
         setups: list[tuple[str, models.ModelManager]] = []
         if args.double:
-            from sam_audio.testing import write_model_dir
+            from sam_audio.testing import write_extras_cache, write_model_dir
 
+            hub = Path(tmp) / "hub"  # t5-base and the judge, as `reasam models pull` leaves them
+            write_extras_cache(hub)
             for rtf in [float(x) for x in args.double_rtf.split(",") if x]:
                 folder = write_model_dir(Path(tmp) / f"double-{rtf:g}", "base", rtf=rtf)
-                settings = models.SamSettings(model_path=folder, variant="base")
+                settings = models.SamSettings(model_path=folder, variant="base", cache_dir=hub)
                 setups.append((f"double, simulated model RTF {rtf:g}", models.ModelManager(settings)))
         else:
             base = models.SamSettings.from_env()
