@@ -1,9 +1,12 @@
 """The SAM-Audio engine and model manager, run against the test double in tests/sam_double.
 
-The double (tests/sam_double/sam_audio) follows the documented upstream API and its traps; its
-"separation" keeps a known frequency band for text prompts ("bass" < 250 Hz, "band A-B hz", …)
-and, for `+` anchors, the bins that are much louder inside the anchored frames than elsewhere. The
-mixes here are built from known sources, so each test can check the exact stem it expects.
+The double (tests/sam_double/sam_audio) keeps upstream's API and behaviour at commit 68b48d4 of
+facebookresearch/sam-audio where ReaSAM meets them; the tests that pin an upstream fact name the
+upstream file (and function) it stands in for. Its "separation" keeps a known frequency band for
+text prompts ("bass" < 250 Hz, "band A-B hz", …) and, for `+` anchors, the bins that are much
+louder inside the anchored frames than elsewhere. The mixes here are built from known sources,
+so each test can check the exact stem it expects. No test reaches the hub: model folders and hub
+caches (the model, t5-base, the judge) are written by the tests themselves.
 """
 
 from __future__ import annotations

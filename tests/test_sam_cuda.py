@@ -72,6 +72,19 @@ def test_out_of_memory_gives_memory_back(sam_env, tmp_path):
     sep.close()
 
 
+def test_seeded_noise_on_cuda_repeats_and_leaves_the_rng_alone(sam_env, tmp_path):
+    """The noise upstream draws on the model's device (sam_audio/model/model.py, randn_like) is
+    seeded per call on CUDA too, and the CUDA generator's state is given back."""
+    sam_env.engine(device="cuda")
+    mix = make_mix(tmp_path, seconds=4.0)
+    before = torch.cuda.get_rng_state()
+    a = run_job(mix.path, tmp_path / "a", prompt="bass", quality="fast", seed=5)[1]
+    b = run_job(mix.path, tmp_path / "b", prompt="bass", quality="fast", seed=5)[1]
+    c = run_job(mix.path, tmp_path / "c", prompt="bass", quality="fast", seed=6)[1]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
 def test_mask_on_gpu_matches_cpu():
     x = torch.randn(2, 200_000)
     t, r = torch.randn(200_000), torch.randn(200_000)
