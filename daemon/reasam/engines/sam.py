@@ -126,7 +126,7 @@ def call_seed(seed: int, start: float) -> int:
 
 @contextlib.contextmanager
 def seeded(device: torch.device, seed: int) -> Iterator[None]:
-    """torch's generators (CPU and `device`) seeded for one call, restored afterwards."""
+    """torch's generators seeded for one call; the CPU's and `device`'s states are restored."""
     devices = [device.index or 0] if device.type == "cuda" else []  # mps: seeded, not restored
     with _RNG_LOCK, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -488,5 +488,5 @@ class SamEngine(Engine):
 
     @staticmethod
     def _steps(quality: str) -> str:
-        preset = PRESETS[quality]
-        return f"{preset.evaluations // 2} {preset.ode_opt['method']} steps"
+        ode = PRESETS[quality].ode_opt
+        return f"{round(1 / ode['options']['step_size'])} {ode['method']} steps"
