@@ -15,6 +15,7 @@ import http.server
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -1075,7 +1076,12 @@ def test_models_cli_list_pull_rm(hub, capsys, monkeypatch):
     assert rows["base"]["downloaded"] and rows["base"]["source"] == "hub cache"
     assert rows["base"]["size_bytes"] > 0 and not rows["large"]["downloaded"]
     assert main(["models", "list"]) == 0
-    assert "not downloaded" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "not downloaded" in listed
+    assert re.search(r"^t5-base +/.*models--t5-base/snapshots/b+$", listed, re.M)
+    assert re.search(
+        r"^facebook/sam-audio-judge +/.*models--facebook--sam-audio-judge/snapshots/c+$", listed, re.M
+    )
     assert main(["models", "pull", "base"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"model         {snapshot}"
     assert main(["models", "pull", "large"]) == 1

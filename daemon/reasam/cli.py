@@ -301,6 +301,9 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         size = f"  {format_bytes(row['size_bytes'])}" if row["size_bytes"] is not None else ""
         loaded = "  (loaded)" if row["loaded"] else ""
         print(f"{row['variant']:<16} {where}{size}{loaded}")
+    # What every variant also loads (t5-base) and what balanced/best rerank with (the judge).
+    for name, folder in _models_manager(args).companions().items():
+        print(f"{name:<16} {folder if folder else 'not downloaded (reasam models pull)'}")
     return EXIT_OK
 
 

@@ -799,6 +799,25 @@ class ModelManager:
         strategy.execute()
         return int(repo.size_on_disk)
 
+    def companions(self) -> dict[str, Path | None]:
+        """The local folders of t5-base and the judge (None where not downloaded), for `list`."""
+        s = self.settings
+        found: dict[str, Path | None] = {}
+        for name, get in (
+            ("t5-base" if not s.text_encoder else "REASAM_SAM_T5", self._local_t5),
+            (JUDGE_REPO, lambda: snapshot(s, JUDGE_REPO, revision=JUDGE_REVISION, download=False)),
+        ):
+            try:
+                found[name] = get()
+            except ReasamError:
+                found[name] = None
+        return found
+
+    def _local_t5(self) -> Path:
+        if self.settings.text_encoder:
+            return check_t5_dir(Path(self.settings.text_encoder).expanduser(), "REASAM_SAM_T5")
+        return check_t5_dir(snapshot(self.settings, T5_DEFAULT, download=False), T5_DEFAULT)
+
     def list(self) -> list[dict]:
         """Every variant: where its weights are (if anywhere), their size, and whether loaded."""
         rows = []
