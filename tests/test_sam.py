@@ -539,6 +539,9 @@ def test_double_follows_the_documented_api(sam_env):
         model.separate(processor(descriptions=["x"], audios=[torch.zeros(1, 10_001 * 1920)]))
     with pytest.raises((RuntimeError, IndexError)):
         processor(descriptions=["x"], audios=[torch.zeros(48000)])  # a 1-D tensor is mishandled
+    # Candidates without a ranker: upstream silently keeps candidate 0 (k times the work for one).
+    model.separate(processor(descriptions=["bass"], audios=[_bass_and_burst()]), reranking_candidates=4)
+    assert model.calls[-1]["chosen"] == [0] and model.calls[-1]["reranking_candidates"] == 4
 
 
 def _bass_and_burst() -> torch.Tensor:
