@@ -660,8 +660,16 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_install_service)
 
 
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    from . import batch
+
+    batch.add_parser(sub, lambda p: _settings_flags(p, serve_flags=False))
+    sub.choices["batch"].set_defaults(func=lambda args: batch.run(args, _client))
+
+
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_separate,
+    _add_batch,
     _add_engines,
     _add_models,
     _add_example,
