@@ -37,7 +37,7 @@ EXITS = (
     "Ray missing), 3 no answer from the "
     "daemon (--via-daemon), 130 interrupted. A rerun skips the rows already done."
 )
-SUMMARY_COLUMNS = ("row", "input", "prompt", "status", "folder", "seconds", "code", "message")
+SUMMARY_COLUMNS = ("row", "input", "prompt", "status", "folder", "seconds", "code", "message", "worker")
 
 
 def add_parser(
@@ -95,6 +95,7 @@ class Line:
     seconds: float | None = None
     code: str = ""
     message: str = ""
+    worker: str = ""  # where it ran (a Ray actor's host:pid, "daemon", "in process")
 
 
 class Progress:
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
             record.write(task.key, str(task.job_dir.relative_to(root)), state, outcome.seconds)
             for n, line in enumerate(lines_of[outcome.key]):
                 line.status = "failed" if not outcome.ok else ("skipped" if n else "done")
-                line.seconds = outcome.seconds
+                line.seconds, line.worker = outcome.seconds, outcome.worker
                 if not outcome.ok:
                     line.code, line.message = outcome.code or "", outcome.message
                     line.folder = line.folder if task.job_dir.exists() else ""

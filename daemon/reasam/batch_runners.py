@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Outcome:
     seconds: float | None = None
     code: str | None = None
     message: str = ""
+    worker: str = ""  # where it ran: "in process", "daemon", or a Ray actor's host:pid
 
 
 Report = Callable[[Outcome], None]
@@ -54,21 +55,29 @@ Report = Callable[[Outcome], None]
 
 def run_task(task: Task) -> Outcome:
     """Run one task through the pipeline in this process (a Ray actor's work)."""
+    import socket
+
     from . import pipeline
 
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     started = time.monotonic()
     try:
         request = decode_request(task.request)
         task.job_dir.mkdir(parents=True, exist_ok=True)
         pipeline.run(request, task.job_dir, task.job_id)
-        return Outcome(task.key, True, round(time.monotonic() - started, 3))
+        return Outcome(task.key, True, round(time.monotonic() - started, 3), worker=worker)
     except ReasamError as exc:
-        failure = Outcome(task.key, False, round(time.monotonic() - started, 3), exc.code, exc.message)
+        seconds = round(time.monotonic() - started, 3)
+        failure = Outcome(task.key, False, seconds, exc.code, exc.message, worker)
     except Exception as exc:  # one row's crash is that row's failure, not the batch's
-        failure = Outcome(task.key, False, None, "internal", f"{type(exc).__name__}: {exc}")
+        failure = Outcome(task.key, False, None, "internal", f"{type(exc).__name__}: {exc}", worker)
     with contextlib.suppress(OSError):
         task.job_dir.rmdir()  # only if empty: the pipeline removed what it had written
     return failure
+
+
+def _labelled(report: Report, worker: str) -> Report:
+    return lambda outcome: report(replace(outcome, worker=outcome.worker or worker))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +91,7 @@ def run_in_process(tasks: list[Task], report: Report) -> None:
     is redone from the record."""
     from .jobs import JobManager, Priority
 
+    report = _labelled(report, "in process")
     done = threading.Event()
     left = {t.job_id: t for t in tasks}
     started: dict[str, float] = {}
@@ -150,6 +160,7 @@ def run_via_daemon(tasks: list[Task], report: Report, client: Any, extra: list[A
     person waiting in REAPER is served first. `extra` are fixed key/value pairs (the token)."""
     from .osc import encode
 
+    report = _labelled(report, f"daemon {client.addr[0]}:{client.addr[1]}")
     pending = list(reversed(tasks))
     flight: dict[str, dict[str, Any]] = {}  # job_id → {task, sent, heard, started, accepted}
 
@@ -307,7 +318,10 @@ def run_on_ray(tasks: list[Task], report: Report, plan: RayPlan, on_ready: Calla
         import ray.data
     except ImportError:
         raise ray_missing() from None
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's own INFO lines and progress bars would bury the batch's progress: warnings only.
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     context_ready = ray.is_initialized()
     if not context_ready:
         if plan.address is None:
@@ -315,9 +329,11 @@ def run_on_ray(tasks: list[Task], report: Report, plan: RayPlan, on_ready: Calla
             # More logical CPUs than the actors take: Ray Data's own read task needs one, or the
             # dataset waits forever (seen with every CPU given to actors).
             cpus = int(workers * plan.cpus_per_worker) + 1
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(
+                num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
         else:
-            ray.init(address=plan.address, log_to_driver=False, configure_logging=False)
+            ray.init(address=plan.address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         resources = ray.cluster_resources()
         gpus = plan.gpus_per_worker
