@@ -2,8 +2,8 @@
 # Set up everything the test suite needs on a fresh Debian machine and run it:
 # system packages (python3-venv, Lua 5.4 + LuaSocket + busted + luacheck, liblo's
 # oscsend/oscdump, ffmpeg, fluidsynth + a GM soundfont, espeak-ng, sonic-pi drum samples), the
-# Python package with its test extras, then ruff and pytest (which also runs the Lua specs and
-# luacheck).
+# Python package with its test and cluster (Ray) extras, then ruff and pytest (which also runs
+# the Lua specs and luacheck).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES="python3-venv lua5.4 lua-socket lua-busted lua-check liblo-tools ffmpeg fluidsynth
@@ -19,6 +19,7 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 bash install/setup.sh --no-demo
-.venv/bin/python -m pip install -q -e '.[test]'
+# The cluster extra (Ray) too: the batch tests run a real local Ray instance.
+.venv/bin/python -m pip install -q -e '.[test,cluster]'
 .venv/bin/ruff check daemon tests bench
 .venv/bin/python -m pytest -q "$@"

@@ -377,6 +377,21 @@ def socketless_port() -> Iterator[int]:
 # On Ray
 
 
+def test_ray_missing_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Ray is an optional extra: without it `--ray` says how to get it, before any work."""
+    names = clips(tmp_path, 1)
+    manifest = write_manifest(tmp_path / "m.csv", [{"input": names[0], "prompt": "drums", "engine": "dsp"}])
+    code = (
+        "import sys; sys.modules['ray'] = None  # what `import ray` meets where it is not installed\n"
+        "from reasam.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    cmd = [PYTHON, "-c", code, "batch", str(manifest), "--out", str(tmp_path / "out"), "--ray"]
+    res = subprocess.run(cmd, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "reasam[cluster]" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """One local Ray instance for the module: three logical CPUs, so two one-CPU actors leave

@@ -168,6 +168,7 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
     progress = Progress(len(rows), mode)
     where = "via the daemon" if args.via_daemon else ("on Ray" if args.ray else "in process")
     code = EXIT_OK
+    runner: dict[str, Any] = {}
     try:
         tasks, by_key = _plan(rows, lines, record, root, progress)
         progress.note(f"{len(rows)} rows: {len(tasks)} to run {where}, {len(rows) - len(tasks)} settled")
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
                 args.cpus_per_worker,
                 args.gpus_per_worker,
             )
-            run_on_ray(task_list, report, plan, progress.note)
+            runner = run_on_ray(task_list, report, plan, progress.note)
         else:
             run_in_process(task_list, report)
     except KeyboardInterrupt:
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
     finally:
         progress.close()
         record.close()
-        summary = _write_summary(root, manifest, lines, where, time.monotonic() - started)
+        summary = _write_summary(root, manifest, lines, where, time.monotonic() - started, runner)
         if args.json:
             print(json.dumps({"event": "summary", **summary}), flush=True)
         sys.stderr.write(_paragraph(summary) + "\n")
@@ -269,7 +270,7 @@ def _folder(row: Row, parent: Path, record: Record, root: Path) -> Path:
 
 
 def _write_summary(
-    root: Path, manifest: Path, lines: list[Line], where: str, seconds: float
+    root: Path, manifest: Path, lines: list[Line], where: str, seconds: float, runner: dict[str, Any]
 ) -> dict[str, Any]:
     """`<out>/batch-<manifest>-<UTC time>.csv` and `.json`: one line per row. New files every
     run (published atomically, never replacing anything), so earlier summaries stay."""
@@ -284,6 +285,7 @@ def _write_summary(
         "rows": len(lines),
         "counts": counts,
         "seconds": round(seconds, 3),
+        "runner": runner,
         "lines": [asdict(x) for x in lines],
     }
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")

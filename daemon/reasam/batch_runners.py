@@ -306,12 +306,15 @@ class RayPlan:
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
 
 
-def run_on_ray(tasks: list[Task], report: Report, plan: RayPlan, on_ready: Callable[[str], None]) -> None:
+def run_on_ray(
+    tasks: list[Task], report: Report, plan: RayPlan, on_ready: Callable[[str], None]
+) -> dict[str, Any]:
     """Ray Data: the tasks become a dataset, `map_batches` runs them on a pool of `RayWorker`
     actors (one row per call), and outcomes stream back to this driver as rows finish, so the
     resume record is kept here even when the driver is killed half-way.
 
     Every node must reach the inputs and the output root at the same paths (shared storage).
+    Returns what the summary reports of the run: Ray's version, the actors, the start-up time.
     """
     try:
         import ray
@@ -323,6 +326,7 @@ def run_on_ray(tasks: list[Task], report: Report, plan: RayPlan, on_ready: Calla
         logging.getLogger(name).setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     context_ready = ray.is_initialized()
+    began = time.monotonic()
     if not context_ready:
         if plan.address is None:
             workers = plan.workers or max(1, min(len(tasks), os.cpu_count() or 1))
@@ -343,11 +347,20 @@ def run_on_ray(tasks: list[Task], report: Report, plan: RayPlan, on_ready: Calla
         if workers is None:
             workers = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 2)) - 1
         workers = max(1, min(workers, len(tasks) or 1))
+        info = {
+            "ray": ray.__version__,
+            "address": plan.address or "local",
+            "workers": workers,
+            "gpus_per_worker": gpus,
+            "cpus_per_worker": plan.cpus_per_worker,
+            "connect_seconds": round(time.monotonic() - began, 3),
+        }
         on_ready(
-            f"Ray {ray.__version__}: {workers} worker(s) ({gpus:g} GPU, {plan.cpus_per_worker:g} CPU each)"
+            f"Ray {ray.__version__} ({info['address']}, connected in {info['connect_seconds']:.1f} s): "
+            f"{workers} worker(s), {gpus:g} GPU and {plan.cpus_per_worker:g} CPU each"
         )
         if not tasks:
-            return
+            return info
         items = [{"task": json.dumps(asdict(t))} for t in tasks]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             RayWorker,
@@ -359,6 +372,7 @@ def run_on_ray(tasks: list[Task], report: Report, plan: RayPlan, on_ready: Calla
         )
         for row in dataset.iter_rows():
             report(Outcome(**json.loads(row["outcome"])))
+        return info
     finally:
         if not context_ready:
             ray.shutdown()
