@@ -340,6 +340,54 @@ def test_via_daemon_at_batch_priority_with_resume(tmp_path: Path, daemon: Daemon
     assert {f: snapshot(Path(f)) for f in before} == before
 
 
+def test_via_daemon_kill_9_of_the_batch_then_resume(tmp_path: Path, daemon: Daemon) -> None:
+    """The driver dies with jobs still queued in the daemon: the rerun follows those jobs (it
+    neither clears their folders under the daemon's feet nor sends them twice) and leaves the
+    finished ones alone."""
+    data = tmp_path / "data"
+    names = clips(data, 20, seconds=4.0)
+    manifest = write_manifest(
+        data / "m.csv", [{"input": n, "prompt": "drums", "engine": "dsp", "quality": "best"} for n in names]
+    )
+    out = tmp_path / "out"
+    flags = ("--via-daemon", "--port", str(daemon.port), "--token-file", str(daemon.token_file), "-q")
+    proc = subprocess.Popen(batch_cmd(manifest, out, *flags), env=clean_env(tmp_path))
+    try:
+        deadline = time.monotonic() + 120
+        done: list[dict[str, Any]] = []
+        while len(done) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+            if (out / RECORD_NAME).exists():
+                done = [x for x in record_lines(out) if x["state"] == "done"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    done = [x for x in record_lines(out) if x["state"] == "done"]
+    assert len(done) < len(names)
+    finished = {x["folder"]: snapshot(out / x["folder"]) for x in done}
+    res = run_batch(tmp_path, manifest, out, *flags)
+    assert res.returncode == 0, res.stderr
+    body = summary(out)
+    assert body["counts"] == {"done": len(names) - len(done), "skipped": len(done), "failed": 0, "pending": 0}
+    assert {f: snapshot(out / f) for f in finished} == finished
+    for line in body["lines"]:
+        assert sorted(p.name for p in Path(line["folder"]).iterdir()) == [
+            "drums-residual.wav",
+            "drums.wav",
+            "manifest.json",
+            "status.json",
+        ]
+    # One folder per row, the record, and the rerun's summary (CSV, JSON): the killed run had none.
+    assert len(list(out.iterdir())) == len(names) + 3
+    with daemon.client() as client:
+        overview = client.status()
+    assert overview["jobs"].get("done") == len(names) and overview["jobs"].get("error") is None
+
+
 def test_osc_priority_key_is_checked(tmp_path: Path, daemon: Daemon) -> None:
     source = write_noise(tmp_path / "x.wav", 1.0)
     with daemon.client() as client:

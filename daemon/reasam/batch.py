@@ -14,6 +14,7 @@ not answer (`--via-daemon`), 130 interrupted. A rerun resumes in every case.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -100,43 +101,54 @@ class Line:
 
 class Progress:
     """Rows done, failures and ETA: a tqdm bar on a terminal, plain lines otherwise, JSON lines
-    with --json (on stdout, so stderr stays for people)."""
+    with --json (on stdout, so stderr stays for people).
+
+    Rows settled without work (done earlier, bad) count as done but not into the rate: the ETA
+    comes from the rows that ran in this run only, from `begin` on.
+    """
 
     def __init__(self, total: int, mode: str) -> None:
         self.mode, self.total = mode, total
-        self.done = self.failed = 0
+        self.done = self.failed = self.settled = 0
         self.started = time.monotonic()
         self.bar: Any = None
-        if mode == "bar":
+
+    def begin(self) -> None:
+        """Work starts: what is done so far was settled without any."""
+        self.settled, self.started = self.done, time.monotonic()
+        if self.mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.total, initial=self.done, unit="row", file=sys.stderr, dynamic_ncols=True
+            )
+            self.bar.set_postfix(failed=self.failed)
 
     def note(self, text: str) -> None:
         if self.mode == "json":
             print(json.dumps({"event": "note", "message": text}), flush=True)
         elif self.bar is not None:
             self.bar.write(f"reasam batch: {text}", file=sys.stderr)
-        elif self.mode == "lines":
+        elif self.mode in ("lines", "bar"):
             print(f"reasam batch: {text}", file=sys.stderr, flush=True)
 
     def row(self, line: Line) -> None:
         self.done += 1
         self.failed += line.status == "failed"
+        what = f"{line.code}: {line.message}" if line.status == "failed" else line.folder
         if self.mode == "json":
             print(json.dumps({"event": "row", **asdict(line)}), flush=True)
         elif self.bar is not None:
             self.bar.set_postfix(failed=self.failed, refresh=False)
             self.bar.update(1)
             if line.status == "failed":
-                self.bar.write(f"row {line.row}: {line.code}: {line.message}", file=sys.stderr)
-        elif self.mode == "lines":
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            what = f"{line.code}: {line.message}" if line.status == "failed" else line.folder
+                self.bar.write(f"row {line.row} failed: {what}", file=sys.stderr)
+        elif self.mode == "lines" or (self.mode == "bar" and line.status == "failed"):
+            ran = self.done - self.settled
+            eta = (time.monotonic() - self.started) / ran * (self.total - self.done) if ran > 0 else None
             print(
-                f"[{self.done}/{self.total}] {self.failed} failed, ETA {eta:.0f} s | row {line.row} "
-                f"{line.status}: {what}",
+                f"[{self.done}/{self.total}] {self.failed} failed, ETA "
+                f"{'?' if eta is None else f'{eta:.0f} s'} | row {line.row} {line.status}: {what}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -169,9 +181,18 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
     where = "via the daemon" if args.via_daemon else ("on Ray" if args.ray else "in process")
     code = EXIT_OK
     runner: dict[str, Any] = {}
+    stack = contextlib.ExitStack()
     try:
-        tasks, by_key = _plan(rows, lines, record, root, progress)
-        progress.note(f"{len(rows)} rows: {len(tasks)} to run {where}, {len(rows) - len(tasks)} settled")
+        client = None
+        if args.via_daemon:
+            client = stack.enter_context(client_factory(args))
+            client.ping()  # no daemon: fail at once (exit 3), not after the first timeout
+        tasks, by_key = _plan(rows, lines, record, root, progress, _daemon_has(client) if client else None)
+        progress.note(
+            f"{len(rows)} rows: {len(tasks)} to run {where}; {len(rows) - len(tasks)} done earlier, "
+            "repeated or bad"
+        )
+        progress.begin()
 
         def report(outcome: Outcome) -> None:
             task = by_key[outcome.key]
@@ -190,10 +211,8 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
             if row.key in by_key:
                 lines_of.setdefault(row.key, []).append(line)
         task_list = list(by_key.values())
-        if args.via_daemon:
-            with client_factory(args) as client:
-                client.ping()  # no daemon: fail at once (exit 3), not after the first timeout
-                run_via_daemon(task_list, report, client, client.auth())
+        if client is not None:
+            run_via_daemon(task_list, report, client, client.auth())
         elif args.ray:
             plan = RayPlan(
                 None if args.ray == "local" else args.ray,
@@ -207,6 +226,7 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
     except KeyboardInterrupt:
         code = 130
     finally:
+        stack.close()
         progress.close()
         record.close()
         summary = _write_summary(root, manifest, lines, where, time.monotonic() - started, runner)
@@ -218,8 +238,26 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
     return EXIT_OK if summary["counts"]["failed"] == 0 and summary["counts"]["pending"] == 0 else EXIT_FAILED
 
 
+def _daemon_has(client: Any) -> Callable[[str], bool]:
+    """Whether the daemon still has a job of an interrupted batch (queued, running or done):
+    its folder is then left as it is, and the batch follows the job instead of redoing it."""
+
+    def has(job_id: str) -> bool:
+        try:
+            return client.status(job_id).get("state") in ("queued", "running", "done")
+        except ReasamError:
+            return False
+
+    return has
+
+
 def _plan(
-    rows: list[Row], lines: list[Line], record: Record, root: Path, progress: Progress
+    rows: list[Row],
+    lines: list[Line],
+    record: Record,
+    root: Path,
+    progress: Progress,
+    still_running: Callable[[str], bool] | None = None,
 ) -> tuple[list[Task], dict[str, Task]]:
     """Settle what needs no work (bad rows, rows done earlier, repeats of a row) and give every
     other row a folder of its own; the record's `start` line makes that folder the batch's."""
@@ -245,21 +283,26 @@ def _plan(
             line.status, line.folder, line.seconds = "skipped", str(root / finished.folder), finished.seconds
             progress.row(line)
             continue
-        folder = _folder(row, parent, record, root)
+        folder = _folder(row, parent, record, root, still_running)
         line.folder = str(folder)
         record.write(row.key, str(folder.relative_to(root)), "start")
         by_key[row.key] = Task(row.key, folder.name, str(folder.parent), encode_request(row.request))
     return list(by_key.values()), by_key
 
 
-def _folder(row: Row, parent: Path, record: Record, root: Path) -> Path:
+def _folder(
+    row: Row, parent: Path, record: Record, root: Path, still_running: Callable[[str], bool] | None
+) -> Path:
     """The row's job folder: the one the record gave it before (cleared of its own partial
-    files), else `<input>-<prompt>-<key>`, with -2, -3… when a folder of that name holds
-    anything not the batch's own (never written into, never removed)."""
+    files, unless the daemon is still at it), else `<input>-<prompt>-<key>`, with -2, -3… when
+    a folder of that name holds anything not the batch's own (never written into, never
+    removed)."""
     assert row.request is not None
     entry = record.entries.get(row.key)
     if entry is not None:
         earlier = root / entry.folder
+        if still_running is not None and earlier.parent == parent and still_running(earlier.name):
+            return earlier
         if clear_own(row.request, earlier):
             return earlier
     for n in range(1, 1000):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .batch_rows import clear_own
 from .errors import NoAnswer, ReasamError
 from .request import decode_request
 
@@ -63,6 +64,9 @@ def run_task(task: Task) -> Outcome:
     started = time.monotonic()
     try:
         request = decode_request(task.request)
+        # The folder is the batch's own (recorded before the task was handed out): a retry after
+        # a lost actor starts from what that attempt may have left.
+        clear_own(request, task.job_dir)
         task.job_dir.mkdir(parents=True, exist_ok=True)
         pipeline.run(request, task.job_dir, task.job_id)
         return Outcome(task.key, True, round(time.monotonic() - started, 3), worker=worker)
@@ -278,14 +282,8 @@ def _poll(client: Any, slot: dict[str, Any], finish: Callable[[str, Outcome], No
 
 class RayWorker:
     """The Ray Data callable class: one instance per actor, so each actor imports the engines
-    and loads its model once, then runs one row per call (batch_size=1)."""
-
-    def __init__(self, warm: str | None = None) -> None:
-        if warm:
-            from . import engines
-
-            with contextlib.suppress(Exception):
-                engines.get(warm).warm("balanced")
+    and loads its model once (engines keep their model between calls), then runs one row per
+    call (batch_size=1)."""
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         outcomes = [asdict(run_task(Task(**json.loads(str(t))))) for t in batch["task"]]
