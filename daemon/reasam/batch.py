@@ -110,7 +110,7 @@ class Progress:
     def __init__(self, total: int, mode: str) -> None:
         self.mode, self.total = mode, total
         self.done = self.failed = self.settled = 0
-        self.started = time.monotonic()
+        self.started: float | None = None
         self.bar: Any = None
 
     def begin(self) -> None:
@@ -145,10 +145,12 @@ class Progress:
                 self.bar.write(f"row {line.row} failed: {what}", file=sys.stderr)
         elif self.mode == "lines" or (self.mode == "bar" and line.status == "failed"):
             ran = self.done - self.settled
-            eta = (time.monotonic() - self.started) / ran * (self.total - self.done) if ran > 0 else None
+            eta = ""
+            if self.started is not None and ran > 0:
+                eta = f", ETA {(time.monotonic() - self.started) / ran * (self.total - self.done):.0f} s"
             print(
-                f"[{self.done}/{self.total}] {self.failed} failed, ETA "
-                f"{'?' if eta is None else f'{eta:.0f} s'} | row {line.row} {line.status}: {what}",
+                f"[{self.done}/{self.total}] {self.failed} failed{eta} | row {line.row} {line.status}: "
+                f"{what}",
                 file=sys.stderr,
                 flush=True,
             )

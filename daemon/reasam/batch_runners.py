@@ -290,6 +290,9 @@ class RayWorker:
         return {"outcome": [json.dumps(o) for o in outcomes]}
 
 
+ACTOR_START_TIMEOUT = 600  # seconds for the actor pool to start (model loads come later)
+
+
 def ray_missing() -> ReasamError:
     return ReasamError(
         "bad_request", "--ray needs Ray Data: pip install 'reasam[cluster]' (or 'ray[data]')", usage=True
@@ -322,7 +325,11 @@ def run_on_ray(
     # Ray's own INFO lines and progress bars would bury the batch's progress: warnings only.
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Start every actor before the first row (Ray's default hands rows to whichever actor is up
+    # first); a cluster that cannot place them all fails with Ray's timeout error, not a hang.
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT
     context_ready = ray.is_initialized()
     began = time.monotonic()
     if not context_ready:
@@ -363,7 +370,9 @@ def run_on_ray(
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             RayWorker,
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            # One row running and one waiting per actor: no gap between rows, and no long queue
+            # behind one actor while another idles at the end of the batch.
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
             num_cpus=plan.cpus_per_worker,
             num_gpus=gpus,
             batch_format="default",
