@@ -50,6 +50,12 @@ SEPARATE_KEYS = ("region", "span", "quality", "engine", "out", "format", "reply_
 # Addition to protocol v1: ping/status/cancel also take `reply_port`, so one-shot senders such
 # as oscsend can have the answer delivered to a listener (oscdump).
 CONTROL_KEYS = ("token", "reply_port")
+# Additions to protocol v1 (README, "Messages"): the output options of `reasam separate`, and
+# `priority` for clients that queue work on behalf of a folder or a batch, behind people waiting.
+OUTPUT_KEYS = (
+    "bit_depth", "sample_rate", "mono", "stereo", "normalize_peak", "normalize_lufs", "trim_silence", "gate",
+)  # fmt: skip
+PRIORITIES = ("osc", "watch", "batch")
 _PATTERN_CHARS = set("*?[]{}!,#")
 # Type tags python-osc parses correctly; others (c, S, I, arrays) it skips or misreads.
 _FIXED_SIZES = {"i": 4, "f": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8, "T": 0, "F": 0, "N": 0}
@@ -549,14 +555,12 @@ class Server:
                 raise ReasamError(
                     "bad_request", "/reasam/separate takes job_id, path, prompt, then key/value pairs"
                 )
-            request, out_root = self._request(args)
-            from .jobs import Priority
-
+            request, out_root, priority = self._request(args)
             submitted = self.manager.submit(
                 job_id,
                 request,
                 out_root,
-                Priority.OSC,
+                priority,
                 origin={"reply": list(reply_to)},
                 announce=lambda new: self._reply_state(reply_to, new.status, new.position),
             )
@@ -571,8 +575,9 @@ class Server:
             log.exception("separate %s failed", job_id)
             self._error(reply_to, job_id, "internal", f"{type(exc).__name__}: {exc}")
 
-    def _request(self, args: Sequence[Any]) -> tuple[Any, Path]:
-        """Build the Request from /reasam/separate's arguments (defaults from the settings)."""
+    def _request(self, args: Sequence[Any]) -> tuple[Any, Path, Any]:
+        """The Request, output root and priority of /reasam/separate's arguments (defaults from
+        the settings)."""
         from .request import Region, Request, Span
 
         job_id, path, prompt = args[0], args[1], args[2]
@@ -593,7 +598,7 @@ class Server:
             raise ReasamError("bad_request", f"path must be absolute, got {path!r}")
         options: dict[str, Any] = {}
         spans = []
-        for key, value in _pairs(args[3:], SEPARATE_KEYS, repeatable=("span",)):
+        for key, value in _pairs(args[3:], (*SEPARATE_KEYS, *OUTPUT_KEYS, "priority"), repeatable=("span",)):
             if key == "span":
                 spans.append(Span.parse(str(value)))
             else:
@@ -615,7 +620,7 @@ class Server:
             output=OutputOptions(format=str(options.get("format", "wav"))),
             seed=options.get("seed", 0),
         )
-        return request, out_root
+        return _with_output_keys(request, options), out_root, _priority(options)
 
     def _on_cancel(self, client: Address, address: str, *args: Any) -> None:
         job_id = _readable_job_id(args[0]) if args else None
@@ -687,6 +692,27 @@ class Server:
         except Exception as exc:
             log.exception("ping failed")
             self._error(reply_to, "", "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _with_output_keys(request: Any, options: dict[str, Any]) -> Any:
+    """The request with the added output keys applied (one reading: request.output_from_fields)."""
+    given = {k: options[k] for k in OUTPUT_KEYS if k in options}
+    if not given:
+        return request
+    import dataclasses
+
+    from .request import output_from_fields
+
+    return dataclasses.replace(request, output=output_from_fields({"format": request.output.format, **given}))
+
+
+def _priority(options: dict[str, Any]) -> Any:
+    from .jobs import Priority
+
+    name = str(options.get("priority", "osc")).strip().lower()
+    if name not in PRIORITIES:
+        raise ReasamError("bad_request", f"priority must be one of {', '.join(PRIORITIES)}, got {name!r}")
+    return Priority[name.upper()]
 
 
 @dataclass

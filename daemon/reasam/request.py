@@ -312,6 +312,13 @@ def _flag(value: Any, name: str) -> bool:
     raise bad_request(f"{name} must be true or false, got {value!r}")
 
 
+def output_from_fields(fields: dict[str, Any]) -> OutputOptions:
+    """Only the output options of such a mapping, for a front door that reads the rest its own
+    way (OSC): read by `request_from_fields` itself, with a stand-in prompt, so there is one
+    reading of them."""
+    return request_from_fields(Path("."), {**fields, "prompt": "output"}).output
+
+
 def request_from_fields(
     source: Path, fields: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> Request:
