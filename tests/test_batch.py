@@ -333,6 +333,11 @@ def test_via_daemon_at_batch_priority_with_resume(tmp_path: Path, daemon: Daemon
     for mine, theirs in zip(summary(local)["lines"][:4], body["lines"][:4], strict=True):
         a, b = stems_of(Path(mine["folder"])), stems_of(Path(theirs["folder"]))
         assert np.array_equal(a["target"], b["target"])
+        # Every option of the row reached the daemon: it understood the same request.
+        request = [
+            json.loads((Path(x["folder"]) / "manifest.json").read_text())["request"] for x in (mine, theirs)
+        ]
+        assert request[0] == request[1]
     # Resume: nothing done is sent again.
     before = {x["folder"]: snapshot(Path(x["folder"])) for x in body["lines"][:4]}
     res = run_batch(tmp_path, manifest, out, *flags)

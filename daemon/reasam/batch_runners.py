@@ -224,6 +224,9 @@ def run_via_daemon(tasks: list[Task], report: Report, client: Any, extra: list[A
                 _poll(client, slot, finish, now)
 
 
+_SENT = ("source", "prompt", "spans", "region", "quality", "engine", "output")
+
+
 def _separate_args(task: Task) -> list[Any]:
     """/reasam/separate's path, prompt and key/value pairs for a task (protocol.md plus the
     additions README lists: output options and `priority`)."""
@@ -234,6 +237,10 @@ def _separate_args(task: Task) -> list[Any]:
         "quality", r["quality"], "engine", r["engine"], "out", task.out_root, "format", out["format"],
         "stereo", out["stereo"], "mono", "true" if out["mono"] else "false", "priority", "batch",
     ]  # fmt: skip
+    # Request fields beyond these (added to the request later) travel under their own name.
+    for key, value in r.items():
+        if key not in _SENT and isinstance(value, int | float | str) and not isinstance(value, bool):
+            pairs += [key, value]
     for sign, start, end in r["spans"]:
         pairs += ["span", f"{sign}{start!r}:{end!r}"]
     for key in ("bit_depth", "sample_rate"):
