@@ -338,6 +338,10 @@ def test_via_daemon_at_batch_priority_with_resume(tmp_path: Path, daemon: Daemon
             json.loads((Path(x["folder"]) / "manifest.json").read_text())["request"] for x in (mine, theirs)
         ]
         assert request[0] == request[1]
+    # The same manifest into a second output root through the same daemon: new jobs, no clash
+    # with the job ids of the first.
+    res = run_batch(tmp_path, manifest, tmp_path / "second", *flags)
+    assert summary(tmp_path / "second")["counts"] == {"done": 4, "skipped": 0, "failed": 1, "pending": 0}
     # Resume: nothing done is sent again.
     before = {x["folder"]: snapshot(Path(x["folder"])) for x in body["lines"][:4]}
     res = run_batch(tmp_path, manifest, out, *flags)

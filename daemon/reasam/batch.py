@@ -307,11 +307,12 @@ def _folder(
             return earlier
         if clear_own(row.request, earlier):
             return earlier
+    name = row.folder_name(parent)
     for n in range(1, 1000):
-        folder = parent / (row.name if n == 1 else f"{row.name}-{n}")
+        folder = parent / (name if n == 1 else f"{name}-{n}")
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
             return folder
-    raise ReasamError("internal", f"{parent}: too many folders named {row.name}")
+    raise ReasamError("internal", f"{parent}: too many folders named {name}")
 
 
 def _write_summary(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import threading
@@ -47,15 +48,18 @@ class Row:
     key: str = ""  # request + input content, see `row_key`
     error: ReasamError | None = None
 
-    @property
-    def name(self) -> str:
-        """The job folder's name: readable, unique per key, within the protocol's 64 characters."""
+    def folder_name(self, parent: Path) -> str:
+        """A new job folder's name, `<input>-<prompt>-<8 hex>`: readable, within the protocol's
+        64 characters, and unique per key *and* folder, because via the daemon it is also the
+        job id, and the daemon holds a job id to one request and output root for weeks (the same
+        manifest run into a second output root must not collide with the first)."""
         from .pipeline import slug
 
         assert self.request is not None
         stem = slug(self.request.source.stem)[:24].rstrip("-")
         target = slug(self.request.target_name)[:20].rstrip("-")
-        return f"{stem}-{target}-{self.key[:8]}"
+        tag = hashlib.sha256(f"{self.key}\n{parent}".encode()).hexdigest()[:8]
+        return f"{stem}-{target}-{tag}"
 
 
 def _header(names: list[str] | None, path: Path) -> list[str]:
@@ -126,7 +130,7 @@ def read_manifest(path: Path) -> list[Row]:
         raise ReasamError("not_found", f"{path}: no such manifest", usage=True) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReasamError("bad_request", f"{path}: cannot read the manifest ({exc})") from None
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         columns = _header(next(reader, None), path)
         lines = list(reader)

@@ -373,6 +373,8 @@ def run_on_ray(
         )
         if not tasks:
             return info
+        # One block per row: each row is then its own task, handed to whichever actor is free,
+        # and its outcome reaches the driver (and the record) as soon as it is done.
         items = [{"task": json.dumps(asdict(t))} for t in tasks]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             RayWorker,
