@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,12 +32,13 @@ from .batch_runners import Outcome, RayPlan, Task, ray_missing, run_in_process, 
 from .errors import ReasamError
 from .request import encode_request
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+# 2 (usage) and 3 (no answer) come from the CLI's handling of the errors raised here.
+EXIT_OK, EXIT_FAILED = 0, 1
 EXITS = (
     "Exit codes: 0 every row done (now or in an earlier run), 1 one row or more failed (see the "
     "summary) or the output root is not writable, 2 the batch could not start (manifest, options, "
-    "Ray missing), 3 no answer from the "
-    "daemon (--via-daemon), 130 interrupted. A rerun skips the rows already done."
+    "Ray missing), 3 no answer from the daemon (--via-daemon), 130 interrupted. A rerun skips "
+    "the rows already done."
 )
 SUMMARY_COLUMNS = ("row", "input", "prompt", "status", "folder", "seconds", "code", "message", "worker")
 
@@ -196,7 +198,13 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
         )
         progress.begin()
 
+        lock = threading.Lock()  # outcomes arrive from worker threads (one per device)
+
         def report(outcome: Outcome) -> None:
+            with lock:
+                _settle(outcome)
+
+        def _settle(outcome: Outcome) -> None:
             task = by_key[outcome.key]
             state = "done" if outcome.ok else "error"
             record.write(task.key, str(task.job_dir.relative_to(root)), state, outcome.seconds)
