@@ -281,11 +281,19 @@ def test_resume_survives_a_move_and_an_edited_input_is_redone(tmp_path: Path) ->
     (tmp_path / "data").rename(moved / "data")
     (tmp_path / "out").rename(moved / "out")
     write_noise(moved / "data" / names[1], 3.0, seed=999)
+    # And the record's last line torn, as kill -9 in the middle of a write leaves it.
+    with open(moved / "out" / RECORD_NAME, "a") as fh:
+        fh.write('{"key":"0123')
     res = run_batch(tmp_path, moved / "data" / "m.csv", moved / "out")
     assert res.returncode == 0, res.stderr
     lines = summary(moved / "out")["lines"]
     assert [x["status"] for x in lines] == ["skipped", "skipped", "done"]
     assert lines[2]["folder"] != lines[0]["folder"]
+    # Only the torn line is lost: what came after it was written on a line of its own.
+    text = (moved / "out" / RECORD_NAME).read_text().splitlines()
+    assert len(record_lines(moved / "out")) == len(text) - 1
+    res = run_batch(tmp_path, moved / "data" / "m.csv", moved / "out")
+    assert [x["status"] for x in summary(moved / "out")["lines"]] == ["skipped"] * 3
 
 
 # ---------------------------------------------------------------------------------------------

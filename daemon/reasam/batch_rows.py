@@ -22,9 +22,8 @@ import io
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
 
 from .errors import ReasamError
 from .request import FIELD_NAMES, Request, encode_request, request_from_fields
@@ -171,7 +170,6 @@ class Entry:
     folder: str
     state: str  # start | done | error
     seconds: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Record:
@@ -182,30 +180,30 @@ class Record:
         self.path = root / RECORD_NAME
         self.entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
-        self._load()
+        torn = self._load()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the batch
+        if torn:  # end the torn line, or the next one would be glued to it and lost too
+            self._fh.write("\n")
 
-    def _load(self) -> None:
+    def _load(self) -> bool:
+        """Read the record; True if its last line is torn (no newline: killed mid-write)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
-            return
+            return False
         for line in text.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 data = json.loads(line)
-                self.entries[data["key"]] = Entry(
-                    data["folder"], data["state"], data.get("seconds"), data.get("extra", {})
-                )
+                self.entries[data["key"]] = Entry(data["folder"], data["state"], data.get("seconds"))
+        return bool(text) and not text.endswith("\n")
 
-    def write(self, key: str, folder: str, state: str, seconds: float | None = None, **extra: Any) -> None:
+    def write(self, key: str, folder: str, state: str, seconds: float | None = None) -> None:
         line = {"key": key, "folder": folder, "state": state, "seconds": seconds}
-        if extra:
-            line["extra"] = extra
         with self._lock:
             self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self.entries[key] = Entry(folder, state, seconds, extra)
+            self.entries[key] = Entry(folder, state, seconds)
 
     def finished(self, key: str) -> Entry | None:
         """The entry of a row done earlier whose results are all still on disk, else None."""
