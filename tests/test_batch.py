@@ -208,6 +208,9 @@ def test_a_manifest_that_cannot_start_is_one_line_and_exit_2(tmp_path: Path) -> 
     assert res.returncode == 2 and "promt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = run_batch(tmp_path, tmp_path / "nope.csv", tmp_path / "out")
     assert res.returncode == 2 and "nope.csv" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    good = write_manifest(tmp_path / "good.csv", [{"input": names[0], "prompt": "drums"}])
+    res = run_batch(tmp_path, good, tmp_path / "out", "--workers", "2")  # an option of --ray alone
+    assert res.returncode == 2 and "--ray" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -164,8 +164,13 @@ class Progress:
 
 def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace], Any]) -> int:
     """The `reasam batch` command."""
+    ray_only = args.workers is not None or args.gpus_per_worker is not None or args.cpus_per_worker != 1.0
+    if ray_only and args.ray is None:
+        raise ReasamError("bad_request", "--workers, --cpus-per-worker and --gpus-per-worker go with --ray")
     if args.workers is not None and args.workers < 1:
         raise ReasamError("bad_request", "--workers must be at least 1")
+    if args.cpus_per_worker <= 0 or (args.gpus_per_worker or 0) < 0:
+        raise ReasamError("bad_request", "--cpus-per-worker must be above 0, --gpus-per-worker 0 or more")
     if args.ray is not None:
         try:
             import ray  # noqa: F401  (checked before any input is hashed)
