@@ -321,6 +321,7 @@ def test_via_daemon_at_batch_priority_with_resume(tmp_path: Path, daemon: Daemon
     names = clips(data, 4)
     rows = [{"input": n, "prompt": "drums", "engine": "dsp"} for n in names]
     rows[1].update(output_format="flac", bit_depth="24", normalize_peak="-6")
+    rows[2].update(seed="12345", sample_rate="32000", mono="yes")
     rows.append({"input": names[0], "prompt": "a kazoo solo", "engine": "dsp"})
     manifest = write_manifest(data / "m.csv", rows)
     out = tmp_path / "out"
@@ -337,6 +338,8 @@ def test_via_daemon_at_batch_priority_with_resume(tmp_path: Path, daemon: Daemon
     flac = json.loads((Path(body["lines"][1]["folder"]) / "manifest.json").read_text())
     assert flac["request"]["format"] == "flac" and flac["request"]["bit_depth"] == 24
     assert flac["post"] == {"peak_dbfs": -6.0}
+    seeded = json.loads((Path(body["lines"][2]["folder"]) / "manifest.json").read_text())["request"]
+    assert (seeded["seed"], seeded["sample_rate"], seeded["mono"]) == (12345, 32000, True)
     assert_sums_to_input(Path(body["lines"][0]["folder"]), data / names[0])
     # The same rows in process give the same audio.
     local = tmp_path / "local"

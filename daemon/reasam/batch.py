@@ -51,7 +51,7 @@ def add_parser(
         help="separate every row of a CSV manifest (resumable; in process, via the daemon or on Ray)",
         description="Columns: input (relative to the manifest's folder), prompt, then any of span "
         "(several separated by ';'), region, engine, quality, format (or output_format), bit_depth, "
-        "sample_rate, mono, stereo, normalize_peak, normalize_lufs, trim_silence, gate, out (a "
+        "sample_rate, mono, stereo, normalize_peak, normalize_lufs, trim_silence, gate, seed, out (a "
         "sub-folder of the output root). " + EXITS,
     )
     p.add_argument("manifest", type=Path, help="CSV file with a header line")
