@@ -458,6 +458,7 @@ def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
             metavar="S",
             help="on SIGTERM, seconds the running job may take to finish before it is journaled",
         )
+        _watch_flags(p, folders=True)
     else:
         p.add_argument(
             "--timeout", type=float, default=0.0, help="give up after this many seconds (0: no limit)"
@@ -468,6 +469,32 @@ def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
             default=6,
             help="UDP sends before giving up (waits double: 0.3 s, 0.6 s, …)",
         )
+
+
+def _watch_flags(p: argparse.ArgumentParser, folders: bool) -> None:
+    if folders:
+        p.add_argument(
+            "--watch",
+            action="append",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="also serve this watch folder (repeatable; replaces the config file's [watch] folders)",
+        )
+    p.add_argument(
+        "--watch-settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a dropped file must stay unchanged before it is taken (default 2)",
+    )
+    p.add_argument(
+        "--watch-max-queued",
+        type=int,
+        default=None,
+        metavar="N",
+        help="files per watch folder that may be jobs at once (default 8)",
+    )
 
 
 _CLIENT_SETTINGS = ("host", "port", "token_file")
@@ -511,6 +538,13 @@ def _print(body: dict[str, Any]) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .osc import serve
 
+    return serve(_load_settings(args))
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from .osc import serve
+
+    args.watch = [*args.folders, *(args.watch or [])]
     return serve(_load_settings(args))
 
 
@@ -603,6 +637,16 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the daemon: OSC over UDP, warm engines, a job queue")
     _settings_flags(p, serve_flags=True)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "watch",
+        help="run the daemon in the foreground serving watch folders (DIR/inbox/<prompt>/ → DIR/outbox/)",
+        description="`reasam serve --watch DIR` in one word: the daemon with its OSC port, queue and "
+        "journal, serving these folders only (the config file's [watch] folders are not added).",
+    )
+    p.add_argument("folders", type=Path, nargs="+", metavar="DIR")
+    _settings_flags(p, serve_flags=True)
+    p.set_defaults(func=_cmd_watch)
 
     p = sub.add_parser(
         "send",

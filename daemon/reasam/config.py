@@ -128,6 +128,11 @@ class Settings:
     log_level: str = "info"
     # Seconds a stopping daemon lets the running job finish before journaling it for next start.
     shutdown_grace: float = 5.0
+    # Watch folders (watch.py): the folders, the seconds a dropped file must stay unchanged
+    # before it is taken, and how many files per folder may be jobs at once.
+    watch: tuple[Path, ...] = ()
+    watch_settle: float = 2.0
+    watch_max_queued: int = 8
     # Where the settings came from, for the log line at start (not a setting).
     sources: tuple[str, ...] = ()
 
@@ -175,12 +180,31 @@ _PARSERS: dict[str, Any] = {
     "log_file": _as_path,
     "log_level": lambda v, n: _as_choice(v, n, ("debug", "info", "warning", "error")),
     "shutdown_grace": _as_float,
+    "watch": lambda v, n: _as_paths(v, n),
+    "watch_settle": lambda v, n: _as_seconds(v, n),
+    "watch_max_queued": lambda v, n: _as_int(v, n, 1, 100_000),
 }
+# Keys of the config file's [watch] table → settings.
+_WATCH_TABLE = {"folders": "watch", "settle": "watch_settle", "max_queued": "watch_max_queued"}
 ENV = {name: f"REASAM_{name.upper()}" for name in _PARSERS}
 # `REASAM_TOKEN` would read as "the token itself"; the policy switch is spelt NO_TOKEN instead.
 del ENV["token"]
 ENV_NO_TOKEN = "REASAM_NO_TOKEN"
 ENV_CONFIG = "REASAM_CONFIG"
+
+
+def _as_paths(value: Any, name: str) -> tuple[Path, ...]:
+    """Folders from a list (file, repeated flag) or os.pathsep-separated text (environment)."""
+    items = value if isinstance(value, list | tuple) else str(value).split(os.pathsep)
+    paths = tuple(_as_path(v, name) for v in items if str(v).strip())
+    return tuple(dict.fromkeys(paths))
+
+
+def _as_seconds(value: Any, name: str) -> float:
+    seconds = _as_float(value, name)
+    if not 0 <= seconds <= 3600:
+        raise ReasamError("bad_request", f"{name}: must be between 0 and 3600 seconds, got {value!r}")
+    return seconds
 
 
 def _host(value: Any, name: str) -> str:
@@ -220,6 +244,15 @@ def read_file(path: Path, required: bool) -> dict[str, Any]:
     # sections (watch folder, batch) without the daemon's keys moving.
     if isinstance(data.get("daemon"), dict):
         data = {**{k: v for k, v in data.items() if k != "daemon"}, **data["daemon"]}
+    if isinstance(data.get("watch"), dict):
+        table = data.pop("watch")
+        unknown = sorted(set(table) - set(_WATCH_TABLE))
+        if unknown:
+            raise ReasamError(
+                "bad_request",
+                f"{path}: unknown key(s) {', '.join(unknown)} in [watch]; known: {', '.join(_WATCH_TABLE)}",
+            )
+        data.update({_WATCH_TABLE[k]: v for k, v in table.items()})
     unknown = sorted(set(data) - set(_PARSERS))
     if unknown:
         raise ReasamError(

@@ -25,7 +25,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,6 +383,8 @@ class Server:
         self._drop_window = (0.0, 0)
         self._watchers: dict[str, set[Address]] = {}
         self._watch_lock = threading.Lock()
+        # Other front doors' parts of the daemon's status (the watch folders, say).
+        self.status_hooks: list[Callable[[], dict[str, Any]]] = []
         self.dispatcher = Dispatcher()
         self.dispatcher.map("/reasam/separate", self._on_separate, needs_reply_address=True)
         self.dispatcher.map("/reasam/cancel", self._on_cancel, needs_reply_address=True)
@@ -673,6 +675,8 @@ class Server:
                     received=self.received,
                     dropped=self.dropped,
                 )
+                for hook in self.status_hooks:
+                    body.update(hook())
             self.send(reply_to, "/reasam/status", json.dumps(body, separators=(",", ":")))
         except ReasamError as exc:
             self._error(getattr(exc, "reply_to", reply_to), job_id, exc.code, exc.message)
@@ -826,7 +830,13 @@ def serve(settings: config.Settings) -> int:
         manager = JobManager(settings.journal_path, cache, settings.queue_limit, after_job=bridge.tick)
         server = Server(sock, settings, manager, token, bridge)
         manager.subscribe(server.on_event)
+        from .watch import attach
+
+        watch = attach(settings, manager)  # subscribed before the start, so no job's end is missed
         recovered = manager.start()
+        if watch is not None:
+            watch.start()
+            server.status_hooks.append(watch.status)
         threading.Thread(
             target=bridge.warm,
             args=(settings.engine if settings.preload else None,),
@@ -874,7 +884,11 @@ def serve(settings: config.Settings) -> int:
         try:
             server.serve_forever()
         finally:
+            if watch is not None:
+                watch.stop()
             left = manager.shutdown(settings.shutdown_grace)
+            if watch is not None:
+                watch.close()
             sock.close()
             with contextlib.suppress(OSError):
                 daemon_file.unlink()
