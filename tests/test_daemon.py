@@ -95,9 +95,15 @@ class Daemon:
     """A `reasam serve` subprocess with its own state, output and token under `home`."""
 
     def __init__(
-        self, home: Path, *extra: str, env: dict[str, str] | None = None, shared: bool = False
+        self,
+        home: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        shared: bool = False,
+        command: tuple[str, ...] = ("serve",),
     ) -> None:
         self.home = home
+        self.command = command  # or ("watch", DIR) (tests/test_watch.py)
         self.state = home / "state"
         self.out = home / "out"
         self.token_file = home / "config" / "reasam" / "token"
@@ -109,7 +115,8 @@ class Daemon:
         self.log = home / "daemon.log"
 
     def start(self, timeout: float = 30.0) -> Daemon:
-        cmd = [PYTHON, "-m", "reasam.cli", "serve", "--port", str(self.port), "--out", str(self.out)]
+        cmd = [PYTHON, "-m", "reasam.cli", *self.command, "--port", str(self.port)]
+        cmd += ["--out", str(self.out)]
         cmd += ["--state-dir", str(self.state), *self.extra]
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**clean_env(self.home), **self.env}

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ReasamError
 from .jobs import RETENTION_SECONDS, Event, Priority, job_folder
 from .request import request_from_fields
-from .watch_files import SIDECAR_SUFFIXES, Entry, FileBook, Mover, identity
+from .watch_files import SIDECAR_SUFFIXES, Entry, FileBook, Mover, failpoint, identity
 from .watch_settle import InboxEvents, Settler, is_candidate, make_observer, walk_files
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ class WatchService:
                 else:
                     self._decide(folder, entry, row["state"], row["code"], row["message"])
             log.info("watch: finishing %s after a restart", entry.inbox)
-            folder.mover.finish(entry)
+            self._finish(folder, entry)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -302,6 +302,7 @@ class WatchService:
         for _ in range(20):  # another front door may claim the same job id meanwhile
             entry.job_id = self._free_job_id(folder, path)
             self.book.insert(entry)
+            failpoint("taken")
             try:
                 self.manager.submit(
                     entry.job_id,
@@ -322,6 +323,7 @@ class WatchService:
                 entry.job_id = None
                 self._fail_untaken(folder, entry, exc.code, exc.message)
                 return "failed"
+            failpoint("submitted")
             self.book.update(entry, state="submitted")
             with self._lock:
                 folder.track(entry)
@@ -379,7 +381,7 @@ class WatchService:
             return  # already finished (recovery saw the end in the journal first)
         status = event.status
         self._decide(folder, entry, event.kind, status.get("code"), status.get("message") or "")
-        folder.mover.finish(entry)
+        self._finish(folder, entry)
         with self._lock:
             folder.untrack(entry)
         log.info(
@@ -393,7 +395,12 @@ class WatchService:
         if state == "cancelled":
             code, message = "cancelled", message or "cancelled"
         folder.mover.decide(entry, "failed", code or "internal", message)
-        self._remove_failed_job_dir(folder, entry.job_id)
+
+    def _finish(self, folder: WatchFolder, entry: Entry) -> None:
+        """Move the file to its place; a failed job's folder goes (idempotent, as all steps)."""
+        folder.mover.finish(entry)
+        if entry.outcome == "failed":
+            self._remove_failed_job_dir(folder, entry.job_id)
 
     @staticmethod
     def _remove_empty_job_dir(folder: WatchFolder, job_id: str | None) -> None:

@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -32,8 +33,18 @@ from typing import Any
 log = logging.getLogger("reasam.watch")
 
 SIDECAR_SUFFIXES = (".reasam.toml", ".reasam.json")
+# Crash points of the exactly-once design, in the order a file passes them. The tests kill the
+# daemon at each (REASAM_WATCH_FAILPOINT) to check that a restart finishes every file once.
+FAILPOINTS = ("taken", "submitted", "decided", "linked", "moved")
 ERROR_SUFFIX = ".error.txt"
 OPEN_STATES = ("taken", "submitted", "finishing")
+
+
+def failpoint(name: str) -> None:
+    """Die here like a process under kill -9 when REASAM_WATCH_FAILPOINT names this point."""
+    if os.environ.get("REASAM_WATCH_FAILPOINT") == name:
+        log.warning("failpoint %s: killing the daemon", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def identity(st: os.stat_result) -> str:
@@ -228,6 +239,7 @@ def move_no_replace(src: Path, dst: Path) -> None:
             raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
         os.rename(src, dst)
         return
+    failpoint("linked")
     os.unlink(src)
 
 
@@ -270,6 +282,7 @@ class Mover:
         self.book.update(
             entry, state="finishing", outcome=outcome, code=code, message=message, dest=str(dest)
         )
+        failpoint("decided")
 
     def finish(self, entry: Entry) -> None:
         """Carry out a decided entry; safe to run again after a crash at any point in it."""
@@ -298,6 +311,7 @@ class Mover:
             # Replaced by a new version while in progress: that one is new work, not ours.
             log.warning("%s was replaced while in progress; the new version is taken anew", src)
             moved = False
+        failpoint("moved")
         self.book.update(entry, state="finished", moved=moved, message=message)
 
     def _move_all(self, entry: Entry) -> None:

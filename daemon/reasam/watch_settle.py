@@ -10,10 +10,16 @@ watchdog delivers the events: inotify on Linux, where a file created and still o
 writing produces no candidate at all. Where the platform has no close-write event (FSEvents,
 ReadDirectoryChangesW), created and modified files become candidates and the settle time alone
 guards against taking a file still being written.
+
+On Linux one more check comes last: a file some process still has open for writing is not
+taken, however long it has been quiet (the kernel refuses a read lease on such a file). That
+covers what events cannot: a file found by a scan (at start, or in a folder created a moment
+before it was watched) while its writer pauses.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -22,7 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 from watchdog.events import (
+    DirCreatedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -50,6 +61,26 @@ def is_sidecar(name: str) -> bool:
 def is_candidate(name: str) -> bool:
     """An inbox file worth taking: not hidden, not a temporary name, not a sidecar."""
     return not (name.startswith(".") or name.lower().endswith(_TEMP_SUFFIXES) or is_sidecar(name))
+
+
+def open_for_writing(path: Path) -> bool:
+    """Whether a process has `path` open for writing, where the system can tell (Linux: a read
+    lease is refused with EAGAIN then); False where it cannot, leaving the settle time alone."""
+    if not hasattr(fcntl, "F_SETLEASE"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:  # EAGAIN: open for writing; EACCES: someone else's file; EINVAL: fs
+        return exc.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -115,6 +146,9 @@ class Settler:
                 elif signature != pending.signature:
                     self._pending[path] = _Pending(signature, now)
                 elif now - pending.since >= self.settle:
+                    if open_for_writing(path):
+                        self._pending[path] = _Pending(signature, now)  # quiet, not finished
+                        continue
                     del self._pending[path]
                     ready.append((pending.since, path))
         return [path for _, path in sorted(ready)]
@@ -166,6 +200,12 @@ class InboxEvents(FileSystemEventHandler):
             if dest is not None:  # a folder of finished files moved in: all of them are candidates
                 for path in walk_files(dest):
                     self._complete(path)
+        elif isinstance(event, DirCreatedEvent) and src is not None:
+            # `mkdir inbox/vocals && cp song.wav inbox/vocals/`: the new folder is watched a
+            # moment after it exists, and a file closed before that sends no event of its own.
+            # Those are taken like files present at start; one still open sends its close later.
+            for path in walk_files(src):
+                self._complete(path)
         elif isinstance(event, FileDeletedEvent) and src is not None:
             self.settler.forget(src)
         elif isinstance(event, FileModifiedEvent | FileCreatedEvent) and src is not None:
