@@ -402,13 +402,19 @@ def test_osc_request_runs_before_a_full_watch_queue(tmp_path: Path) -> None:
         client.send("/reasam/separate", *separate_args("osc-first", short, token=d.token))
         replies = collect(client, final_for("osc-first"), timeout=60)
         done_after = watch_status(d)["done"]
+        # A watch job's id is its outbox name: cancelling one sends its file to failed/.
+        victim = client.status()["queue"][-1]
+        client.send("/reasam/cancel", victim, *client.auth())
+        collect(client, final_for(victim), timeout=60)
     accepted = [x for a, x in replies if a == "/reasam/accepted"]
     assert accepted == [["osc-first", 1]]  # only the running job ahead of it
     assert replies[-1][0] == "/reasam/done"
     # First in, first out would have run the 3+ queued watch jobs first.
     assert done_after - done_before <= 2
     wait_for(lambda: files_below(root / "inbox") == [], timeout=180, step=0.2)
-    assert len(manifests(root / "outbox")) == 10
+    assert len(manifests(root / "outbox")) == 9 and not (root / "outbox" / victim).exists()
+    assert files_below(root / "failed") == [f"drums/{victim}.wav", f"drums/{victim}.wav.error.txt"]
+    assert (root / "failed" / "drums" / f"{victim}.wav.error.txt").read_text().startswith("cancelled: ")
     assert d.stop() == 0
 
 

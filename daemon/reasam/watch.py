@@ -132,7 +132,8 @@ class WatchService:
     ) -> None:
         self.manager = manager
         self.book = FileBook(journal_path)
-        self.folders = [WatchFolder(Path(f), self.book) for f in folders]
+        # Real paths: the record is keyed by folder, and must match however the folder is named.
+        self.folders = [WatchFolder(Path(os.path.realpath(f)), self.book) for f in folders]
         self.settler = Settler(settle)
         self.max_queued = max_queued
         self.defaults = dict(defaults or {})

@@ -52,6 +52,8 @@ log = logging.getLogger("reasam.watch")
 
 # Names copy tools and editors give files still being written; they are renamed when complete.
 _TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~")
+# Files file managers leave in folders (hidden ones, like .DS_Store, are skipped anyway).
+_FOLDER_FILES = ("thumbs.db", "desktop.ini")
 
 
 def is_sidecar(name: str) -> bool:
@@ -60,7 +62,10 @@ def is_sidecar(name: str) -> bool:
 
 def is_candidate(name: str) -> bool:
     """An inbox file worth taking: not hidden, not a temporary name, not a sidecar."""
-    return not (name.startswith(".") or name.lower().endswith(_TEMP_SUFFIXES) or is_sidecar(name))
+    lower = name.lower()
+    return not (
+        name.startswith(".") or lower.endswith(_TEMP_SUFFIXES) or lower in _FOLDER_FILES or is_sidecar(name)
+    )
 
 
 def open_for_writing(path: Path) -> bool:
