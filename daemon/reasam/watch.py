@@ -40,7 +40,7 @@ from .watch_settle import InboxEvents, Settler, is_candidate, make_observer, wal
 
 if TYPE_CHECKING:
     from . import config
-    from .jobs import JobManager
+    from .jobs import JobManager, Journal
     from .request import Request
 
 log = logging.getLogger("reasam.watch")
@@ -83,12 +83,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
 
 
 class WatchFolder:
-    """One watched folder: its layout and its file record."""
+    """One watched folder: its layout, its files in progress, and how each one is finished."""
 
     def __init__(self, root: Path, book: FileBook) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
+        self.book = book
         self.mover = Mover(root, book)
         self.in_flight: dict[str, Entry] = {}  # inbox path → entry, for files not finished
         self.by_job: dict[str, Entry] = {}
@@ -116,6 +117,80 @@ class WatchFolder:
         self.in_flight.pop(entry.inbox, None)
         if entry.job_id:
             self.by_job.pop(entry.job_id, None)
+
+    # -- finishing files -----------------------------------------------------------------------
+
+    def recover(self, journal: Journal) -> None:
+        """Bring every unfinished file to its next step after a restart (`journal`: the job
+        manager's, which has requeued the jobs that were queued or running)."""
+        for entry in self.book.open_entries(str(self.root)):
+            if entry.state == "taken":
+                if entry.job_id and journal.get(entry.job_id) is not None:
+                    self.book.update(entry, state="submitted")  # crashed right after submitting
+                else:
+                    # Crashed before its job was journaled: forget it; the inbox scan takes the
+                    # file again (under the same outbox name, which is still free).
+                    self.remove_empty_job_dir(entry.job_id)
+                    self.book.delete(entry)
+                    continue
+            if entry.state == "submitted":
+                row = journal.get(entry.job_id or "")
+                if row is None:
+                    self.mover.decide(entry, "failed", "internal", "its job was lost from the journal")
+                elif row["state"] in ("queued", "running"):
+                    self.track(entry)  # its end comes as an event
+                    continue
+                else:
+                    self.decide(entry, row["state"], row["code"], row["message"])
+            log.info("watch: finishing %s after a restart", entry.inbox)
+            self.finish(entry)
+
+    def job_ended(self, entry: Entry, state: str, code: str | None, message: str) -> None:
+        self.decide(entry, state, code, message)
+        self.finish(entry)
+        self.untrack(entry)
+        log.info(
+            "watch: %s %s → %s/%s", entry.inbox, entry.outcome, self.mover.dest_root(entry).name, entry.dest
+        )
+
+    def fail_untaken(self, entry: Entry, code: str, message: str) -> None:
+        """A file that never became a job (bad sidecar, unknown prompt): straight to failed/."""
+        log.info("watch: %s failed: %s: %s", entry.inbox, code, message)
+        entry.job_id = None
+        self.book.insert(entry)  # "taken" without a job: after a crash it is simply taken again
+        self.mover.decide(entry, "failed", code, message)
+        self.mover.finish(entry)
+
+    def decide(self, entry: Entry, state: str, code: str | None, message: str) -> None:
+        """The outcome of a job's final state (done, error, cancelled), journaled."""
+        if state == "done":
+            self.mover.decide(entry, "done", None, "")
+            return
+        if state == "cancelled":
+            code, message = "cancelled", message or "cancelled"
+        self.mover.decide(entry, "failed", code or "internal", message)
+
+    def finish(self, entry: Entry) -> None:
+        """Move the file to its place; a failed job's folder goes (idempotent, as all steps)."""
+        self.mover.finish(entry)
+        if entry.outcome == "failed":
+            self.remove_failed_job_dir(entry.job_id)
+
+    def remove_empty_job_dir(self, job_id: str | None) -> None:
+        if job_id:
+            with contextlib.suppress(OSError, ReasamError):
+                job_folder(self.outbox, job_id).rmdir()
+
+    def remove_failed_job_dir(self, job_id: str | None) -> None:
+        """A failed job's folder holds only its status.json: the outbox keeps results only
+        (the reason is in failed/<name>.error.txt and the journal)."""
+        if not job_id:
+            return
+        with contextlib.suppress(OSError, ReasamError):
+            job_dir = job_folder(self.outbox, job_id)
+            if [p.name for p in job_dir.iterdir()] == ["status.json"]:
+                (job_dir / "status.json").unlink()
+                job_dir.rmdir()
 
 
 class WatchService:
@@ -156,7 +231,8 @@ class WatchService:
         self.book.prune(time.time() - RETENTION_SECONDS)
         for folder in self.folders:
             folder.prepare()
-            self.recover(folder)
+            with self._lock:
+                folder.recover(self.manager.journal)
         self._observer, close_events = make_observer()
         for folder in self.folders:
             self._observer.schedule(
@@ -200,33 +276,6 @@ class WatchService:
         """Job manager events (worker threads): the final ones are handed to our thread."""
         if event.kind in ("done", "error", "cancelled") and "watch" in event.origin:
             self._events.put(event)
-
-    # -- recovery --------------------------------------------------------------------------
-
-    def recover(self, folder: WatchFolder) -> None:
-        """Bring every unfinished file of `folder` to its next step after a restart."""
-        for entry in self.book.open_entries(str(folder.root)):
-            if entry.state == "taken":
-                if entry.job_id and self.manager.journal.get(entry.job_id) is not None:
-                    self.book.update(entry, state="submitted")  # crashed right after submitting
-                else:
-                    # Crashed before its job was journaled: forget it; the inbox scan takes the
-                    # file again (under the same outbox name, which is still free).
-                    self._remove_empty_job_dir(folder, entry.job_id)
-                    self.book.delete(entry)
-                    continue
-            if entry.state == "submitted":
-                row = self.manager.journal.get(entry.job_id or "")
-                if row is None:
-                    folder.mover.decide(entry, "failed", "internal", "its job was lost from the journal")
-                elif row["state"] in ("queued", "running"):
-                    with self._lock:
-                        folder.track(entry)  # requeued by the job manager; its end comes as an event
-                    continue
-                else:
-                    self._decide(folder, entry, row["state"], row["code"], row["message"])
-            log.info("watch: finishing %s after a restart", entry.inbox)
-            self._finish(folder, entry)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -298,7 +347,7 @@ class WatchService:
         try:
             request = self._request(folder, path, rel, sidecars)
         except ReasamError as exc:
-            self._fail_untaken(folder, entry, exc.code, exc.message)
+            folder.fail_untaken(entry, exc.code, exc.message)
             return "failed"
         for _ in range(20):  # another front door may claim the same job id meanwhile
             entry.job_id = self._free_job_id(folder, path)
@@ -315,14 +364,13 @@ class WatchService:
             except ReasamError as exc:
                 self.book.delete(entry)
                 if exc.code == "busy":
-                    self._remove_empty_job_dir(folder, entry.job_id)
+                    folder.remove_empty_job_dir(entry.job_id)
                     self._busy_until = time.monotonic() + _BUSY_BACKOFF
                     return "later"
                 if exc.code == "bad_request" and self._id_taken(folder, entry.job_id):
                     continue
-                self._remove_empty_job_dir(folder, entry.job_id)
-                entry.job_id = None
-                self._fail_untaken(folder, entry, exc.code, exc.message)
+                folder.remove_empty_job_dir(entry.job_id)
+                folder.fail_untaken(entry, exc.code, exc.message)
                 return "failed"
             failpoint("submitted")
             self.book.update(entry, state="submitted")
@@ -331,7 +379,7 @@ class WatchService:
             log.info("watch: %s → job %s", rel, entry.job_id)
             return "taken"
         self.book.delete(entry)
-        self._fail_untaken(folder, entry, "internal", "no free outbox name")
+        folder.fail_untaken(entry, "internal", "no free outbox name")
         return "failed"
 
     def _request(self, folder: WatchFolder, path: Path, rel: str, sidecars: list[str]) -> Request:
@@ -366,60 +414,13 @@ class WatchService:
                 return True
         return self.manager.journal.get(job_id) is not None or self.book.reserved(job_id)
 
-    def _fail_untaken(self, folder: WatchFolder, entry: Entry, code: str, message: str) -> None:
-        """A file that never became a job (bad sidecar, unknown prompt): straight to failed/."""
-        log.info("watch: %s failed: %s: %s", entry.inbox, code, message)
-        self.book.insert(entry)  # "taken" without a job: after a crash it is simply taken again
-        folder.mover.decide(entry, "failed", code, message)
-        folder.mover.finish(entry)
-
-    # -- a job ended -----------------------------------------------------------------------
-
     def _job_ended(self, event: Event) -> None:
         folder = next((f for f in self.folders if str(f.root) == event.origin.get("watch")), None)
         entry = folder.by_job.get(event.job_id) if folder is not None else None
         if folder is None or entry is None:
             return  # already finished (recovery saw the end in the journal first)
-        status = event.status
-        self._decide(folder, entry, event.kind, status.get("code"), status.get("message") or "")
-        self._finish(folder, entry)
         with self._lock:
-            folder.untrack(entry)
-        log.info(
-            "watch: %s %s → %s/%s", entry.inbox, entry.outcome, folder.mover.dest_root(entry).name, entry.dest
-        )
-
-    def _decide(self, folder: WatchFolder, entry: Entry, state: str, code: str | None, message: str) -> None:
-        if state == "done":
-            folder.mover.decide(entry, "done", None, "")
-            return
-        if state == "cancelled":
-            code, message = "cancelled", message or "cancelled"
-        folder.mover.decide(entry, "failed", code or "internal", message)
-
-    def _finish(self, folder: WatchFolder, entry: Entry) -> None:
-        """Move the file to its place; a failed job's folder goes (idempotent, as all steps)."""
-        folder.mover.finish(entry)
-        if entry.outcome == "failed":
-            self._remove_failed_job_dir(folder, entry.job_id)
-
-    @staticmethod
-    def _remove_empty_job_dir(folder: WatchFolder, job_id: str | None) -> None:
-        if job_id:
-            with contextlib.suppress(OSError, ReasamError):
-                job_folder(folder.outbox, job_id).rmdir()
-
-    @staticmethod
-    def _remove_failed_job_dir(folder: WatchFolder, job_id: str | None) -> None:
-        """A failed job's folder holds only its status.json: the outbox keeps results only
-        (the reason is in failed/<name>.error.txt and the journal)."""
-        if not job_id:
-            return
-        with contextlib.suppress(OSError, ReasamError):
-            job_dir = job_folder(folder.outbox, job_id)
-            if [p.name for p in job_dir.iterdir()] == ["status.json"]:
-                (job_dir / "status.json").unlink()
-                job_dir.rmdir()
+            folder.job_ended(entry, event.kind, event.status.get("code"), event.status.get("message") or "")
 
     # -- status ------------------------------------------------------------------------------
 
