@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 from reasam import config
 from reasam.errors import ReasamError
-from reasam.watch import outbox_name, read_sidecar
+from reasam.watch import attach, outbox_name, read_sidecar
 from reasam.watch_files import FAILPOINTS
 
 from tests.test_daemon import (  # noqa: F401 - the reaping fixtures end every daemon started here
@@ -480,3 +480,16 @@ def test_sidecar_reading_and_outbox_names(tmp_path: Path) -> None:
         read_sidecar(js)
     assert outbox_name("Chanson d'été (mix 2)") == "Chanson-d-ete-mix-2"
     assert outbox_name("...") == "file" and len(outbox_name("x" * 300)) == 56
+
+
+def test_watch_folders_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    """Nested folders (a file would belong to two) and a folder that cannot hold the layout
+    stop the daemon at start with one line, before any job is taken."""
+    base = config.Settings(state_dir=tmp_path / "state")
+    nested = replace(base, watch=(tmp_path / "a", tmp_path / "a" / "b"))
+    with pytest.raises(ReasamError, match=r"watch folder .*/a/b is inside watch folder .*/a$"):
+        attach(nested, manager=None)  # type: ignore[arg-type]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ReasamError, match=r"watch folder .*/file: cannot create inbox/ \(Not a directory\)"):
+        attach(replace(base, watch=(tmp_path / "file",)), manager=None)  # type: ignore[arg-type]
+    assert attach(base, manager=None) is None  # type: ignore[arg-type]

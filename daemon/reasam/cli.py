@@ -458,7 +458,7 @@ def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
             metavar="S",
             help="on SIGTERM, seconds the running job may take to finish before it is journaled",
         )
-        _watch_flags(p, folders=True)
+        _watch_flags(p)
     else:
         p.add_argument(
             "--timeout", type=float, default=0.0, help="give up after this many seconds (0: no limit)"
@@ -471,16 +471,15 @@ def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
         )
 
 
-def _watch_flags(p: argparse.ArgumentParser, folders: bool) -> None:
-    if folders:
-        p.add_argument(
-            "--watch",
-            action="append",
-            type=Path,
-            default=None,
-            metavar="DIR",
-            help="also serve this watch folder (repeatable; replaces the config file's [watch] folders)",
-        )
+def _watch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--watch",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also serve this watch folder (repeatable; replaces the config file's [watch] folders)",
+    )
     p.add_argument(
         "--watch-settle",
         type=float,

@@ -315,7 +315,13 @@ class WatchService:
             if len(folder.in_flight) >= self.max_queued or time.monotonic() < self._busy_until:
                 waiting[path] = None
                 continue
-            if self._take(folder, path) == "later":
+            try:
+                outcome = self._take(folder, path)
+            except Exception:
+                # Left in the inbox, untouched; it is looked at again on its next event or start.
+                log.exception("watch: taking %s failed", path)
+                continue
+            if outcome == "later":
                 waiting[path] = None
         with self._lock:
             self._ready = waiting
