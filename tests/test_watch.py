@@ -24,6 +24,7 @@ from reasam import config
 from reasam.errors import ReasamError
 from reasam.watch import attach, outbox_name, read_sidecar
 from reasam.watch_files import FAILPOINTS
+from reasam.watch_settle import Settler
 
 from tests.test_daemon import (  # noqa: F401 - the reaping fixtures end every daemon started here
     Daemon,
@@ -494,3 +495,28 @@ def test_watch_folders_that_cannot_work_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ReasamError, match=r"watch folder .*/file: cannot create inbox/ \(Not a directory\)"):
         attach(replace(base, watch=(tmp_path / "file",)), manager=None)  # type: ignore[arg-type]
     assert attach(base, manager=None) is None  # type: ignore[arg-type]
+
+
+def test_settler_takes_a_file_only_after_it_stayed_unchanged(tmp_path: Path) -> None:
+    """The settle rule on real files with a clock the test moves: any change of size or mtime
+    restarts the wait; a file open for writing is never due; a removed file is forgotten."""
+    now = [0.0]
+    settler = Settler(2.0, clock=lambda: now[0])
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"x" * 100)
+    settler.touch(path)
+    assert settler.due() == []  # first look: its size and mtime are noted
+    now[0] = 1.9
+    assert settler.due() == []
+    with open(path, "ab") as fh:  # a second piece arrives (and the file is open for writing)
+        fh.write(b"y" * 100)
+        fh.flush()
+        now[0] = 3.0
+        assert settler.due() == []  # changed: the wait starts again
+        now[0] = 10.0
+        assert settler.due() == []  # quiet for long, but still open for writing
+    now[0] = 12.1
+    assert settler.due() == [path] and not settler.pending(path)
+    settler.touch(path)
+    path.unlink()
+    assert settler.due() == [] and not settler.pending(path)

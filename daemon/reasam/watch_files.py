@@ -229,7 +229,10 @@ def move_no_replace(src: Path, dst: Path) -> None:
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst, follow_symlinks=False)
+        if os.link in os.supports_follow_symlinks:
+            os.link(src, dst, follow_symlinks=False)  # a symlink dropped in moves as a symlink
+        else:
+            os.link(src, dst)
     except FileExistsError:
         raise
     except OSError as exc:
