@@ -124,6 +124,15 @@ def moved_in(seed: int, staging: Path) -> Callable[[Path], None]:
     return write
 
 
+def hard_linked(seed: int, staging: Path) -> Callable[[Path], None]:
+    """`ln`: the file appears complete, with no close-write or move event."""
+
+    def write(path: Path) -> None:
+        os.link(write_noise(staging / f"linked-{seed}.wav", 1.0, seed=seed), path)
+
+    return write
+
+
 def via_temp_name(seed: int) -> Callable[[Path], None]:
     """A copy tool's way: a hidden partial name in the same folder, renamed when complete."""
 
@@ -193,7 +202,8 @@ def fifty_drops(staging: Path) -> list[Drop]:
     def prompt(i: int, first: int) -> str:
         return "drums" if i < first else "harmonic"
 
-    during = [Drop(f"{prompt(i, 7)}/g{i:02d}.wav", plain(10 + i)) for i in range(14)]
+    during = [Drop(f"{prompt(i, 7)}/g{i:02d}.wav", plain(10 + i)) for i in range(13)]
+    during += [Drop("harmonic/ln0.wav", hard_linked(23, staging))]
     during += [Drop(f"{prompt(i, 3)}/slow{i}.wav", slowly(30 + i, staging)) for i in range(6)]
     during += [Drop(f"{prompt(i, 2)}/mv{i}.wav", moved_in(40 + i, staging)) for i in range(4)]
     during += [Drop(f"drums/tmp{i}.wav", via_temp_name(50 + i)) for i in range(3)]
@@ -517,6 +527,10 @@ def test_settler_takes_a_file_only_after_it_stayed_unchanged(tmp_path: Path) -> 
         assert settler.due() == []  # quiet for long, but still open for writing
     now[0] = 12.1
     assert settler.due() == [path] and not settler.pending(path)
+    settler.created(path)  # known only from its creation: due once shown closed, as it is here
+    assert settler.due() == []
+    now[0] = 14.2
+    assert settler.due() == [path]
     settler.touch(path)
     path.unlink()
     assert settler.due() == [] and not settler.pending(path)

@@ -14,7 +14,8 @@ guards against taking a file still being written.
 On Linux one more check comes last: a file some process still has open for writing is not
 taken, however long it has been quiet (the kernel refuses a read lease on such a file). That
 covers what events cannot: a file found by a scan (at start, or in a folder created a moment
-before it was watched) while its writer pauses.
+before it was watched) while its writer pauses. A file known only from its creation (a hard
+link into the inbox sends nothing else) is taken only when that check can vouch for it.
 """
 
 from __future__ import annotations
@@ -68,19 +69,22 @@ def is_candidate(name: str) -> bool:
     )
 
 
-def open_for_writing(path: Path) -> bool:
-    """Whether a process has `path` open for writing, where the system can tell (Linux: a read
-    lease is refused with EAGAIN then); False where it cannot, leaving the settle time alone."""
+def open_for_writing(path: Path) -> bool | None:
+    """Whether a process has `path` open for writing; None where the system cannot tell.
+
+    Linux refuses a read lease on a file open for writing (EAGAIN). Leases need the file to be
+    ours (or CAP_LEASE) and a filesystem that has them (not NFS or SMB): elsewhere, None.
+    """
     if not hasattr(fcntl, "F_SETLEASE"):
-        return False
+        return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
-        return False
+        return None
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:  # EAGAIN: open for writing; EACCES: someone else's file; EINVAL: fs
-        return exc.errno == errno.EAGAIN
+        return True if exc.errno == errno.EAGAIN else None
     else:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         return False
@@ -103,6 +107,9 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
 class _Pending:
     signature: tuple[int, int, int] | None
     since: float
+    # Known only from its creation (a hard link, or a file still being written): taken only
+    # where the system can tell that no one has it open for writing.
+    needs_proof: bool = False
 
 
 class Settler:
@@ -120,11 +127,19 @@ class Settler:
         with self._lock:
             self._pending[path] = _Pending(None, self._clock())
 
+    def created(self, path: Path) -> None:
+        """`path` appeared without a sign that its writer finished (inotify's create): a
+        candidate that must also be proven closed; a close-write later makes it a plain one."""
+        with self._lock:
+            if path not in self._pending:
+                self._pending[path] = _Pending(None, self._clock(), needs_proof=True)
+
     def refresh(self, path: Path) -> None:
         """`path` changed: restart its settle time if it is a candidate already."""
         with self._lock:
-            if path in self._pending:
-                self._pending[path] = _Pending(None, self._clock())
+            pending = self._pending.get(path)
+            if pending is not None:
+                self._pending[path] = _Pending(None, self._clock(), pending.needs_proof)
 
     def pending(self, path: Path) -> bool:
         with self._lock:
@@ -149,10 +164,12 @@ class Settler:
                 if signature is None:
                     del self._pending[path]  # gone, or not a file
                 elif signature != pending.signature:
-                    self._pending[path] = _Pending(signature, now)
+                    self._pending[path] = _Pending(signature, now, pending.needs_proof)
                 elif now - pending.since >= self.settle:
-                    if open_for_writing(path):
-                        self._pending[path] = _Pending(signature, now)  # quiet, not finished
+                    writing = open_for_writing(path)
+                    if writing or (writing is None and pending.needs_proof):
+                        # Quiet but not finished (or not known to be): look again later.
+                        self._pending[path] = _Pending(signature, now, pending.needs_proof)
                         continue
                     del self._pending[path]
                     ready.append((pending.since, path))
@@ -213,7 +230,12 @@ class InboxEvents(FileSystemEventHandler):
                 self._complete(path)
         elif isinstance(event, FileDeletedEvent) and src is not None:
             self.settler.forget(src)
-        elif isinstance(event, FileModifiedEvent | FileCreatedEvent) and src is not None:
+        elif isinstance(event, FileCreatedEvent) and src is not None and is_candidate(src.name):
+            if self.close_events:
+                self.settler.created(src)  # a hard link (`ln`, `cp -l`) sends nothing else
+            else:
+                self._complete(src)
+        elif isinstance(event, FileModifiedEvent) and src is not None:
             if self.close_events:
                 self.settler.refresh(src)
             else:
