@@ -202,7 +202,7 @@ def fifty_drops(staging: Path) -> list[Drop]:
     def prompt(i: int, first: int) -> str:
         return "drums" if i < first else "harmonic"
 
-    during = [Drop(f"{prompt(i, 7)}/g{i:02d}.wav", plain(10 + i)) for i in range(13)]
+    during = [Drop(f"{prompt(i, 7)}/g{i:02d}.wav", plain(10 + i)) for i in range(12)]
     during += [Drop("harmonic/ln0.wav", hard_linked(23, staging))]
     during += [Drop(f"{prompt(i, 3)}/slow{i}.wav", slowly(30 + i, staging)) for i in range(6)]
     during += [Drop(f"{prompt(i, 2)}/mv{i}.wav", moved_in(40 + i, staging)) for i in range(4)]
@@ -254,6 +254,7 @@ def fifty_drops(staging: Path) -> list[Drop]:
             code="unsupported_prompt",
             reason="no available engine understands prompt 'a dog barking'",
         ),
+        Drop("no_prompt.wav", plain(24), code="bad_request", reason="no prompt: drop it into inbox/"),
         Drop(
             "drums/sc_both.wav",
             plain(69),
@@ -319,8 +320,8 @@ def test_fifty_drops_kill9_halfway_then_each_file_once(tmp_path: Path) -> None:
 
     good = [drop for drop in drops if drop.code is None]
     bad = [drop for drop in drops if drop.code is not None]
-    assert (len(good), len(bad)) == (42, 8)
-    assert status == {"folder": str(root), "waiting": 0, "in_progress": 0, "done": 42, "failed": 8}
+    assert (len(good), len(bad)) == (41, 9)
+    assert status == {"folder": str(root), "waiting": 0, "in_progress": 0, "done": 41, "failed": 9}
     # Every good file has exactly one result; no bad file has one.
     results = manifests(root / "outbox")
     for drop in good:

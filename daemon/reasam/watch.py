@@ -395,6 +395,12 @@ class WatchService:
             )
         fields = read_sidecar(Path(str(path) + sidecars[0])) if sidecars else {}
         parts = PurePosixPath(rel).parts
+        if len(parts) == 1 and not sidecars:
+            raise ReasamError(
+                "bad_request",
+                f"{path.name} has no prompt: drop it into inbox/<prompt>/ or give a prompt or spans "
+                "in a sidecar",
+            )
         defaults = dict(self.defaults)
         if len(parts) > 1:
             defaults["prompt"] = parts[0]
