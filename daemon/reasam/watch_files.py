@@ -330,6 +330,8 @@ class Mover:
                 # Someone put a file under the reserved name meanwhile: reserve the next one.
                 companions = [*entry.sidecars, *([ERROR_SUFFIX] if entry.outcome == "failed" else [])]
                 self.book.update(entry, dest=str(free_name(root, PurePosixPath(entry.inbox), companions)))
+        else:
+            raise OSError(errno.EEXIST, f"every name tried in {root} was taken meanwhile")
         self._move_sidecars(entry)
 
     def _move_sidecars(self, entry: Entry) -> None:
