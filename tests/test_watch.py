@@ -56,11 +56,10 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def watch_status(d: Daemon) -> dict[str, Any]:
-    """The watch folder's part of `/reasam/status` (what `reasam status` prints)."""
+def watch_status(d: Daemon, index: int = 0) -> dict[str, Any]:
+    """A watch folder's part of `/reasam/status` (what `reasam status` prints)."""
     with d.client() as client:
-        (folder,) = client.status()["watch"]
-    return folder
+        return client.status()["watch"][index]
 
 
 def manifests(outbox: Path) -> dict[str, list[Path]]:
@@ -424,20 +423,26 @@ def test_osc_request_runs_before_a_full_watch_queue(tmp_path: Path) -> None:
     assert replies[-1][0] == "/reasam/done"
     # First in, first out would have run the 3+ queued watch jobs first.
     assert done_after - done_before <= 2
+    # A plain stop (SIGTERM) with files waiting and jobs queued; the next start goes on.
+    assert d.stop() == 0
+    d.start()
     wait_for(lambda: files_below(root / "inbox") == [], timeout=180, step=0.2)
-    assert len(manifests(root / "outbox")) == 9 and not (root / "outbox" / victim).exists()
+    assert d.stop() == 0
+    results = manifests(root / "outbox")
+    assert len(results) == 9 and all(len(dirs) == 1 for dirs in results.values())
+    assert not (root / "outbox" / victim).exists() and len(files_below(root / "done")) == 9
     assert files_below(root / "failed") == [f"drums/{victim}.wav", f"drums/{victim}.wav.error.txt"]
     assert (root / "failed" / "drums" / f"{victim}.wav.error.txt").read_text().startswith("cancelled: ")
-    assert d.stop() == 0
 
 
 def test_reasam_watch_command_and_a_file_written_over_time(tmp_path: Path) -> None:
-    """`reasam watch DIR` runs the daemon in the foreground; a file kept open and written in
-    bursts is never taken before it is closed, however long it pauses."""
-    root = tmp_path / "W"
+    """`reasam watch DIR DIR2` runs the daemon in the foreground with both folders; a file kept
+    open and written in bursts is never taken before it is closed, however long it pauses."""
+    root, other = tmp_path / "W", tmp_path / "W2"
     d = Daemon(
-        tmp_path / "d", "--watch-settle", "0.2", "--engine", "dsp", command=("watch", str(root))
+        tmp_path / "d", "--watch-settle", "0.2", "--engine", "dsp", command=("watch", str(root), str(other))
     ).start()
+    write_noise(other / "inbox" / "song.wav", 1.0, seed=6)  # no prompt: failed/, with the reason
     data = write_noise(tmp_path / "song.wav", 1.0, seed=5).read_bytes()
     target = root / "inbox" / "drums" / "song.wav"
     target.parent.mkdir(parents=True)
@@ -450,6 +455,9 @@ def test_reasam_watch_command_and_a_file_written_over_time(tmp_path: Path) -> No
     wait_for(lambda: (root / "done" / "drums" / "song.wav").exists(), timeout=60)
     assert digest(root / "done" / "drums" / "song.wav") == hashlib.sha256(data).hexdigest()
     assert (root / "outbox" / "song" / "manifest.json").exists()
+    wait_for(lambda: watch_status(d, 1)["failed"] == 1, timeout=60)
+    assert watch_status(d, 1)["folder"] == str(other)
+    assert files_below(other) == ["failed/song.wav", "failed/song.wav.error.txt"]
     assert d.stop() == 0
 
 
