@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("reasam.watch")
 
 LAYOUT = ("inbox", "outbox", "done", "failed")
-_POLL = 0.1  # seconds between looks at the settler and the job events
+_POLL = 0.05  # seconds between looks at the settler (a job's end wakes the loop at once)
 _BUSY_BACKOFF = 1.0  # seconds to wait after the daemon's queue said busy
 
 
@@ -216,6 +216,7 @@ class WatchService:
         self._ready: dict[Path, None] = {}  # settled files waiting for room, in order
         self._busy_until = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._lock = threading.Lock()  # guards what status() reads
@@ -255,6 +256,7 @@ class WatchService:
     def stop(self) -> None:
         """Stop watching and taking files (before the job manager shuts down)."""
         self._stop.set()
+        self._wake.set()
         if self._observer is not None:
             with contextlib.suppress(Exception):
                 self._observer.stop()
@@ -276,6 +278,7 @@ class WatchService:
         """Job manager events (worker threads): the final ones are handed to our thread."""
         if event.kind in ("done", "error", "cancelled") and "watch" in event.origin:
             self._events.put(event)
+            self._wake.set()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -286,7 +289,8 @@ class WatchService:
             except Exception:  # the thread must survive anything one file does
                 log.exception("watch: unexpected failure")
                 self._stop.wait(1.0)
-            self._stop.wait(_POLL)
+            self._wake.wait(_POLL)
+            self._wake.clear()
 
     def _drain_events(self) -> None:
         while True:

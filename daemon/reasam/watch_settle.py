@@ -123,9 +123,11 @@ class Settler:
         self._pending: dict[Path, _Pending] = {}
 
     def touch(self, path: Path) -> None:
-        """A writer finished with `path` (or it is new to us): (re)start its settle time."""
+        """A writer finished with `path` (or it is new to us): (re)start its settle time, from
+        now and from the file as it is now."""
+        signature = file_signature(path)
         with self._lock:
-            self._pending[path] = _Pending(None, self._clock())
+            self._pending[path] = _Pending(signature, self._clock())
 
     def created(self, path: Path) -> None:
         """`path` appeared without a sign that its writer finished (inotify's create): a
