@@ -106,7 +106,7 @@ class WatchFolder:
                 raise ReasamError("bad_request", f"watch folder {self.root / name}: not writable")
 
     def rel(self, path: Path) -> str:
-        return PurePosixPath(path.relative_to(self.inbox)).as_posix()
+        return path.relative_to(self.inbox).as_posix()
 
     def track(self, entry: Entry) -> None:
         self.in_flight[entry.inbox] = entry
