@@ -37,11 +37,13 @@ from tests.test_daemon import (  # noqa: F401 - the reaping fixtures end every d
     write_noise,
 )
 
-SETTLE = 1.0  # seconds; the slow writers below pause far less between their pieces
+# Seconds. The slow writers below close the file between pieces and pause 0.1 s: a settle time
+# twenty times longer keeps a stalled writer thread on a busy machine from looking finished.
+SETTLE = 2.0
 
 
 def watch_daemon(
-    home: Path, folder: Path, *extra: str, env: dict[str, str] | None = None, settle: float = SETTLE
+    home: Path, folder: Path, *extra: str, env: dict[str, str] | None = None, settle: float = 0.3
 ) -> Daemon:
     return Daemon(
         home, "--watch", str(folder), "--watch-settle", str(settle), "--engine", "dsp", *extra, env=env
@@ -291,7 +293,7 @@ def test_fifty_drops_kill9_halfway_then_each_file_once(tmp_path: Path) -> None:
         audio = [p for p in taken if not p.name.endswith((".error.txt", ".reasam.toml", ".reasam.json"))]
         return len(audio) - 2  # the user's own two
 
-    d = watch_daemon(tmp_path / "d", root).start()
+    d = watch_daemon(tmp_path / "d", root, settle=SETTLE).start()
     failures: list[BaseException] = []
 
     def drop_all() -> None:
@@ -374,7 +376,7 @@ def test_kill_at_each_crash_point_then_restart_finishes_once(tmp_path: Path, poi
     good = Drop("drums/song.wav", plain(7), (".reasam.toml", 'format = "flac"\n'))
     corrupt = Drop("drums/junk.wav", raw(os.urandom(4000)), code="unsupported_format")
     env = {"REASAM_WATCH_FAILPOINT": point}
-    d = watch_daemon(tmp_path / "d", root, "--watch-max-queued", "1", env=env, settle=0.3).start()
+    d = watch_daemon(tmp_path / "d", root, "--watch-max-queued", "1", env=env).start()
     good.drop(inbox)
     corrupt.drop(inbox)
     assert d.proc is not None
