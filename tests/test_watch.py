@@ -457,6 +457,11 @@ def test_reasam_watch_command_and_a_file_written_over_time(tmp_path: Path) -> No
     wait_for(lambda: (root / "done" / "drums" / "song.wav").exists(), timeout=60)
     assert digest(root / "done" / "drums" / "song.wav") == hashlib.sha256(data).hexdigest()
     assert (root / "outbox" / "song" / "manifest.json").exists()
+    # Moved back in from done/: the same bytes, new work; nothing of the first run is touched.
+    os.rename(root / "done" / "drums" / "song.wav", target)
+    wait_for(lambda: watch_status(d)["done"] == 2, timeout=60)
+    assert (root / "outbox" / "song-2" / "manifest.json").exists()
+    assert files_below(root / "done") == ["drums/song.wav"] and files_below(root / "inbox") == []
     wait_for(lambda: watch_status(d, 1)["failed"] == 1, timeout=60)
     assert watch_status(d, 1)["folder"] == str(other)
     assert files_below(other) == ["failed/song.wav", "failed/song.wav.error.txt"]
