@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 from reasam import audio
-from reasam.errors import ReasamError
+from reasam.errors import JobCancelled, ReasamError
 
 
 def _signal(channels: int, frames: int, rate: int, seed: int = 1) -> np.ndarray:
@@ -132,27 +136,13 @@ def test_bad_files_fail_with_one_line(tmp_path: Path, content: bytes) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_truncated_file_reads_what_is_there_or_fails_cleanly(tmp_path: Path) -> None:
-    x = _signal(2, 44100, 44100)
-    full = tmp_path / "full.wav"
-    audio.write_audio(full, x, 44100, "wav", 16)
-    cut = tmp_path / "cut.wav"
-    cut.write_bytes(full.read_bytes()[: 44 + 2 * 2 * 1000])
-    try:
-        y, _ = audio.read_region(cut)
-    except ReasamError as exc:
-        assert exc.code == "unsupported_format"
-    else:
-        assert y.shape[0] == 2 and np.abs(y[:, :1000] - x[:, :1000]).max() < 1e-4
-
-
 def test_missing_and_directory_paths(tmp_path: Path) -> None:
     with pytest.raises(ReasamError) as err:
         audio.probe(tmp_path / "nope.wav")
     assert err.value.code == "not_found"
     with pytest.raises(ReasamError) as err:
         audio.probe(tmp_path)
-    assert err.value.code == "bad_request"
+    assert err.value.code == "unsupported_format"
 
 
 def test_never_overwrites(tmp_path: Path) -> None:
@@ -254,3 +244,114 @@ def test_32_bit_integer_input(tmp_path: Path) -> None:
     sf.write(str(path), x.T, 44100, subtype="PCM_32")
     y, rate = audio.read_region(path)
     assert rate == 44100 and np.abs(y - x).max() < 1e-7
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that never end: playlists, devices, FIFOs, and a decoder that blocks
+
+
+def _hls_with_a_fifo(folder: Path) -> Path:
+    """An HLS playlist whose second segment is a FIFO nobody writes to: ffmpeg decodes the first
+    segment, then blocks in open() on the second for ever (SIGTERM does not end it)."""
+    folder.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=2", "-c:a", "aac", str(folder / "seg0.ts")],
+        check=True,
+    )
+    os.mkfifo(folder / "seg1.ts")
+    playlist = folder / "list.m3u8"
+    playlist.write_text(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"
+        "#EXTINF:2.0,\nseg0.ts\n#EXTINF:2.0,\nseg1.ts\n#EXT-X-ENDLIST\n"
+    )
+    return playlist
+
+
+def _decoders() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.name().startswith("ff")]
+
+
+def _finishes(call: Callable[[], object], limit: float = 120.0) -> BaseException | None:
+    """Run `call` in a thread; the exception it ended with. A call still blocked after `limit`
+    seconds (a generous bound, not a timing) fails the test, after its decoder is killed."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        for proc in _decoders():
+            proc.kill()
+        thread.join(10)
+        pytest.fail(f"still blocked after {limit:g} s")
+    return outcome[0]
+
+
+def test_playlists_devices_and_other_non_files_are_refused_up_front(tmp_path: Path) -> None:
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
+    concat = tmp_path / "list.txt"
+    concat.write_text(f"ffconcat version 1.0\nfile '{tmp_path / 'hls' / 'seg0.ts'}'\n")
+    for path in (playlist, concat, tmp_path / "hls" / "seg1.ts", Path("/dev/zero"), tmp_path):
+        err = _finishes(lambda path=path: audio.probe(path))
+        assert isinstance(err, ReasamError), (path, err)
+        assert err.code == "unsupported_format", (path, err.code, err.message)
+        assert str(path) in err.message and "\n" not in err.message
+    assert _decoders() == []
+
+
+def test_a_blocked_decoder_is_killed_at_its_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time limit is the backstop for what the up-front checks cannot see (a slow network
+    mount, a format that reads more than its own file): let the playlist through to reach it."""
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
+    monkeypatch.setattr(audio, "REFUSED_FORMATS", frozenset())
+    monkeypatch.setattr(audio, "DECODE_TIMEOUT", 2.0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    info = audio.probe(playlist)
+    err = _finishes(lambda: audio.SourceReader(info, 0, info.frames))
+    assert isinstance(err, ReasamError) and err.code == "unsupported_format", err
+    assert "did not finish" in err.message and str(playlist) in err.message
+    assert _decoders() == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_cancel_stops_a_blocked_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
+    monkeypatch.setattr(audio, "REFUSED_FORMATS", frozenset())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    info = audio.probe(playlist)
+    asked = threading.Event()
+    threading.Timer(1.0, asked.set).start()
+    err = _finishes(lambda: audio.SourceReader(info, 0, info.frames, cancelled=asked.is_set))
+    assert isinstance(err, JobCancelled), err
+    assert _decoders() == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_wav_whose_header_claims_more_than_the_file_holds_is_truncated(tmp_path: Path) -> None:
+    x = _signal(2, 44100, 44100)
+    full = tmp_path / "full.wav"
+    audio.write_audio(full, x, 44100, "wav", 16)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full.read_bytes()[: 44 + 2 * 2 * 1000])
+    with pytest.raises(ReasamError) as err:
+        audio.read_region(cut)
+    assert err.value.code == "unsupported_format"
+    assert "truncated" in err.value.message and str(cut) in err.value.message
+    # A whole file still reads; so does one whose writer left the length open (streamed WAV).
+    assert audio.read_region(full)[0].shape == (2, 44100)
+    streamed = bytearray(full.read_bytes())
+    streamed[40:44] = b"\xff\xff\xff\xff"
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    assert audio.read_region(tmp_path / "streamed.wav")[0].shape == (2, 44100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         ("separate", str(src), "-p", "a dog barking", "--out", out),
         ("separate", str(src), "-p", "drums", "--format", "mp3", "--bit-depth", "24", "--out", out),
         ("separate", str(src), "-p", "drums", "--quality", "ultra"),
+        ("separate", str(src), "-p", "drums", "--region", "0:0.00001", "--out", out),  # < 1 sample
         ("frobnicate",),
     ):
         proc = reasam(*args)
@@ -107,12 +109,22 @@ def test_unknown_prompt_message_helps(tmp_path: Path) -> None:
 
 
 def test_runtime_errors_exit_1_and_leave_nothing(tmp_path: Path, unwritable_dir: Path) -> None:
+    """Unreadable inputs exit 1, as the README says: a folder, a FIFO (which must not block) and
+    a playlist (whose segments could be FIFOs) as much as a file that is not audio."""
+    from tests.test_audio import _hls_with_a_fifo
+
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"definitely not a wav file" * 10)
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
     out = tmp_path / "out"
     for args in (
         ("separate", str(bad), "-p", "drums", "--out", str(out)),
         ("separate", str(tmp_path / "missing.wav"), "-p", "drums", "--out", str(out)),
+        ("separate", str(tmp_path / "hls"), "-p", "drums", "--out", str(out)),
+        ("separate", str(fifo), "-p", "drums", "--out", str(out)),
+        ("separate", str(playlist), "-p", "drums", "--out", str(out)),
         ("separate", str(_song(tmp_path / "ok.wav", 1.0)), "-p", "drums", "--out", str(unwritable_dir / "x")),
     ):
         proc = reasam(*args)

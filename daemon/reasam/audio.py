@@ -5,6 +5,11 @@ seek, so only the region (plus a little context) is decoded. Anything else that 
 (M4A/AAC, ALAC, WMA, …) is decoded by an ffmpeg subprocess into a temporary float WAV holding
 just the region, after which it is read the same way.
 
+No input may hold a worker for ever: only regular files are read (a FIFO, a device or a folder
+is refused before anything opens it), ffmpeg's playlist and list formats (HLS, concat, …) are
+refused because they read other files that may never end, and every ffprobe/ffmpeg run has a
+time limit and stops at a cancel, killing the child and removing its temporary files.
+
 Writing always goes to a hidden temporary name in the target folder and is published with a
 hard link, which fails instead of replacing an existing file; the temporary name is then removed.
 So nothing half-written ever carries a final name and no existing file is ever overwritten.
@@ -17,9 +22,13 @@ import errno
 import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +36,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import ReasamError
+from .errors import JobCancelled, ReasamError, output_error
 
 # Output subtypes per (format, bit depth); 32 means 32-bit float.
 _SUBTYPES = {
@@ -44,6 +53,18 @@ RESAMPLE_QUALITY = "HQ"
 # Frames a decoder may deliver short of the length a header announced (MP3 padding estimates)
 # before the file counts as truncated rather than being silently padded with zeros.
 _SHORT_READ_TOLERANCE = 4096
+# Time limits of the ffmpeg children: a probe reads a header; a decode gets a base plus a share
+# of the region's duration (ffmpeg decodes at hundreds of times real time, so this only ends
+# decodes that are stuck: a stalled network mount, an input that never ends).
+PROBE_TIMEOUT = 30.0
+DECODE_TIMEOUT = 60.0
+DECODE_SECONDS_PER_SECOND = 0.25
+# ffmpeg formats that read other files or streams named inside the input (playlists, lists,
+# image sequences, session descriptions): what they read can be a FIFO or never end.
+REFUSED_FORMATS = frozenset(
+    {"hls", "applehttp", "concat", "dash", "webm_dash_manifest", "sdp", "rtp", "rtsp", "image2", "tee"}
+)
+_POLL = 0.1  # seconds between looks at a running child's cancel flag
 
 
 @dataclass(frozen=True)
@@ -62,33 +83,121 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise ReasamError("not_found", f"{path}: no such file")
-    if not path.is_file():
-        raise ReasamError("bad_request", f"{path}: not a regular file")
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a readable regular file, without opening it: opening a FIFO blocks
+    until someone writes, and a device or a folder never ends or is no audio at all."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ReasamError("not_found", f"{path}: no such file") from None
+    except OSError as exc:
+        raise ReasamError("not_found", f"{path}: cannot access ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO, device or socket"
+        raise ReasamError("unsupported_format", f"{path}: not a regular file ({kind})")
     if not os.access(path, os.R_OK):
         raise ReasamError("not_found", f"{path}: permission denied")
+
+
+def _check_readable(path: Path) -> None:
+    check_regular_file(path)
     if path.stat().st_size == 0:
         raise ReasamError("unsupported_format", f"{path}: file is empty")
 
 
-def probe(path: Path | str) -> AudioInfo:
+def probe(path: Path | str, cancelled: Callable[[], bool] | None = None) -> AudioInfo:
     """Describe a source, or fail with a one-line error saying why it cannot be read."""
     path = Path(path)
     _check_readable(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
-        return _probe_ffmpeg(path)
+        return _probe_ffmpeg(path, cancelled)
     if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
         raise ReasamError("unsupported_format", f"{path}: holds no audio frames")
+    if info.format in ("WAV", "WAVEX"):
+        _check_wav_length(path, int(info.frames), int(info.channels), int(info.samplerate))
     return AudioInfo(
         path, int(info.samplerate), int(info.channels), int(info.frames), info.format, "soundfile"
     )
 
 
-def _probe_ffmpeg(path: Path) -> AudioInfo:
+def _check_wav_length(path: Path, frames: int, channels: int, rate: int) -> None:
+    """Fail when the data chunk announces more bytes than the file holds.
+
+    libsndfile clamps a WAV's length to the bytes present, so a cut file would otherwise pass
+    as a shorter recording. A length of 0 or 0xFFFFFFFF is a streamed WAV's "unknown": read on.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(12)[8:12] != b"WAVE":
+            return
+        size = os.fstat(fh.fileno()).st_size
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            header = fh.read(8)
+            declared = int.from_bytes(header[4:8], "little")
+            if header[:4] == b"data":
+                held = size - pos - 8
+                if declared in (0, 0xFFFFFFFF) or declared - held < channels * 8 or frames <= 0:
+                    return
+                frame_bytes = held / frames
+                raise ReasamError(
+                    "unsupported_format",
+                    f"{path}: truncated: audio ends at {frames / rate:.3f} s, its header says "
+                    f"{declared / frame_bytes / rate:.3f} s",
+                )
+            pos += 8 + declared + (declared & 1)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill a child and anything it started (it leads its own process group), then reap it."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        proc.communicate(timeout=10)
+
+
+def run_bounded(
+    cmd: list[str], path: Path, what: str, timeout: float, cancelled: Callable[[], bool] | None
+) -> subprocess.CompletedProcess:
+    """Run an ffmpeg child to its end, its time limit, or a cancel; never longer.
+
+    SIGKILL, not SIGTERM: ffmpeg blocked opening a FIFO takes SIGTERM as a request to finish
+    and opens it again. The child leads its own process group so nothing it started survives.
+    """
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=_POLL)
+                return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                pass
+            if cancelled is not None and cancelled():
+                raise JobCancelled(str(path))
+            if time.monotonic() > deadline:
+                raise ReasamError(
+                    "unsupported_format",
+                    f"{path}: {what} did not finish within {timeout:g} s and was stopped "
+                    "(a stream, a stalled network mount, or a file that never ends?)",
+                )
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc)
+
+
+def _probe_ffmpeg(path: Path, cancelled: Callable[[], bool] | None = None) -> AudioInfo:
     if shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None:
         raise ReasamError(
             "unsupported_format",
@@ -99,6 +208,8 @@ def _probe_ffmpeg(path: Path) -> AudioInfo:
         "ffprobe",
         "-v",
         "error",
+        "-protocol_whitelist",
+        "file",
         "-select_streams",
         "a:0",
         "-show_entries",
@@ -107,7 +218,7 @@ def _probe_ffmpeg(path: Path) -> AudioInfo:
         "json",
         str(path),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    proc = run_bounded(cmd, path, "ffprobe", PROBE_TIMEOUT, cancelled)
     try:
         data = json.loads(proc.stdout or "{}")
         stream = data["streams"][0]
@@ -118,7 +229,14 @@ def _probe_ffmpeg(path: Path) -> AudioInfo:
     frames = round(duration * rate)
     if frames <= 0 or rate <= 0 or channels <= 0:
         raise ReasamError("unsupported_format", f"{path}: holds no audio frames")
-    return AudioInfo(path, rate, channels, frames, data.get("format", {}).get("format_name", "?"), "ffmpeg")
+    format_name = str(data.get("format", {}).get("format_name", "?"))
+    if REFUSED_FORMATS & set(format_name.split(",")):
+        raise ReasamError(
+            "unsupported_format",
+            f"{path}: a playlist or list of other files ({format_name}), not an audio file; "
+            "open the audio file itself",
+        )
+    return AudioInfo(path, rate, channels, frames, format_name, "ffmpeg")
 
 
 class SourceReader:
@@ -126,10 +244,17 @@ class SourceReader:
 
     Chunked processing reads each chunk with a little context on both sides; reading through
     one open handle keeps that cheap, and zero padding makes the edges need no special case.
-    For ffmpeg formats the region [first, last) is decoded once to a temporary WAV.
+    For ffmpeg formats the region [first, last) is decoded once to a temporary WAV; the decode
+    stops at `cancelled()` (JobCancelled) or its time limit, and leaves no temporary files.
     """
 
-    def __init__(self, info: AudioInfo, first: int = 0, last: int | None = None) -> None:
+    def __init__(
+        self,
+        info: AudioInfo,
+        first: int = 0,
+        last: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         self.info = info
         self._offset = 0  # source frame index of the open file's frame 0
         self._tmpdir: tempfile.TemporaryDirectory | None = None
@@ -138,7 +263,11 @@ class SourceReader:
             last = info.frames if last is None else last
             self._tmpdir = tempfile.TemporaryDirectory(prefix="reasam-decode-")
             decoded = Path(self._tmpdir.name) / "region.wav"
-            _ffmpeg_decode(info, first, last, decoded)
+            try:
+                _ffmpeg_decode(info, first, last, decoded, cancelled)
+            except BaseException:
+                self.close()
+                raise
             self._offset = first
             path = decoded
         else:
@@ -197,7 +326,9 @@ class SourceReader:
         self.close()
 
 
-def _ffmpeg_decode(info: AudioInfo, first: int, last: int, dest: Path) -> None:
+def _ffmpeg_decode(
+    info: AudioInfo, first: int, last: int, dest: Path, cancelled: Callable[[], bool] | None = None
+) -> None:
     """Decode source frames [first, last) to a float WAV; ffmpeg's input seek is sample-exact."""
     rate = info.sample_rate
     cmd = [
@@ -205,6 +336,8 @@ def _ffmpeg_decode(info: AudioInfo, first: int, last: int, dest: Path) -> None:
         "-nostdin",
         "-v",
         "error",
+        "-protocol_whitelist",
+        "file",
         "-ss",
         f"{first / rate:.9f}",
         "-i",
@@ -222,7 +355,8 @@ def _ffmpeg_decode(info: AudioInfo, first: int, last: int, dest: Path) -> None:
         "wav",
         str(dest),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    timeout = DECODE_TIMEOUT + DECODE_SECONDS_PER_SECOND * (last - first) / rate
+    proc = run_bounded(cmd, info.path, "ffmpeg decoding", timeout, cancelled)
     if proc.returncode != 0 or not dest.exists():
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ReasamError("unsupported_format", f"{info.path}: ffmpeg could not decode it ({detail})")
@@ -312,13 +446,27 @@ def publish(temp: Path, final: Path) -> None:
     except OSError as exc:
         # Filesystems without hard links (some network and FAT mounts): rename after a check.
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
+            raise output_error(exc, final) from None
         if final.exists():
             temp.unlink(missing_ok=True)
             raise ReasamError("internal", f"{final}: already exists; not overwritten") from None
-        os.rename(temp, final)
+        try:
+            os.rename(temp, final)
+        except OSError as exc2:
+            raise output_error(exc2, final) from None
         return
     temp.unlink()
+
+
+def _write_failure(exc: BaseException, final: Path) -> ReasamError:
+    """A failed libsndfile write as `output_error` says it. libsndfile reports only "System
+    error."; the errno its failed call left (cffi keeps it per thread) says which one."""
+    if isinstance(exc, OSError):
+        return output_error(exc, final)
+    number = getattr(getattr(sf, "_ffi", None), "errno", 0) if "System error" in str(exc) else 0
+    if number:
+        return output_error(OSError(number, os.strerror(number)), final)
+    return ReasamError("bad_request", f"{final}: write failed ({exc})", usage=False)
 
 
 def temp_name(final: Path) -> Path:
@@ -337,8 +485,11 @@ def write_text(final: Path, text: str, replace: bool = False) -> None:
             os.replace(temp, final)
         else:
             publish(temp, final)
+    except OSError as exc:
+        raise output_error(exc, final) from None
     finally:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
 
 
 def check_output(fmt: str, sample_rate: int, channels: int) -> None:
@@ -393,7 +544,10 @@ class AudioWriter:
                 subtype=subtype_for(fmt, bit_depth),
             )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            self.temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.temp.unlink(missing_ok=True)
+            if "System error" in str(exc) or isinstance(exc, OSError):
+                raise _write_failure(exc, final) from None
             raise ReasamError(
                 "bad_request", f"{final.parent}: cannot write output ({exc})", usage=False
             ) from None
@@ -404,24 +558,31 @@ class AudioWriter:
         try:
             self._file.write(np.ascontiguousarray(block.T))
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise ReasamError("internal", f"{self.final}: write failed ({exc})") from None
+            raise _write_failure(exc, self.final) from None
         self.frames += block.shape[1]
 
+    def _close(self) -> None:
+        try:
+            self._file.close()  # writes the header: a full disk can show here first
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise _write_failure(exc, self.final) from None
+
     def commit(self) -> None:
-        self._file.close()
+        self._close()
         publish(self.temp, self.final)
         self._committed = True
 
     def close_unpublished(self) -> Path:
         """Close and hand the temporary file to the caller, who reads it back and deletes it."""
-        self._file.close()
+        self._close()
         self._committed = True
         return self.temp
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._file.close()
-        self.temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.temp.unlink(missing_ok=True)
 
     def __enter__(self) -> AudioWriter:
         return self

@@ -6,6 +6,9 @@ front door, the CLI and status.json all report the same thing in the same words.
 
 from __future__ import annotations
 
+import errno
+import os
+
 # Codes of the OSC protocol, version 1.
 CODES = (
     "bad_request",
@@ -73,3 +76,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(t in text for t in OUT_OF_MEMORY_TEXTS)
+
+
+def output_error(exc: OSError, path: object, folder: object = None) -> ReasamError:
+    """A failed write of `path` as one line a user can act on: `disk full`, `output folder
+    removed`, … with the path. Code `bad_request`, as for every output folder that cannot hold
+    the job's files, but not a usage error: the request was valid (CLI exit 1)."""
+    folder = folder if folder is not None else os.path.dirname(str(path))
+    number = exc.errno
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        what = "disk full"
+    elif number == errno.ENOENT and not os.path.isdir(str(folder)):
+        what = "output folder removed"
+        path = folder
+    elif number == errno.EFBIG:
+        what = "file too large for the file system or the size limit"
+    elif number == errno.EROFS:
+        what = "read-only file system"
+    elif number in (errno.EACCES, errno.EPERM):
+        what = "permission denied"
+    else:
+        what = f"cannot write ({exc.strerror or exc})"
+    return ReasamError("bad_request", f"{what}: {path}", usage=False)

@@ -11,12 +11,15 @@ are emitted as soon as they are final, so memory stays bounded by one chunk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -32,7 +35,7 @@ Progress = Callable[[float, str], None]
 # Region ends up to this far past the end of the file are clamped (decoders disagree by a few
 # samples on a file's length); further is an error rather than silent padding.
 _END_TOLERANCE = 0.05
-_CONTEXT_SECONDS = 0.5
+CONTEXT_SECONDS = 0.5
 _POST_BLOCK = 1 << 16
 
 
@@ -70,6 +73,40 @@ class Result:
     manifest_path: Path
     stems: list[Stem]
     manifest: dict = field(default_factory=dict)
+    # sha256 of the region's samples as this run read them (float32, frames interleaved), so the
+    # result cache can tell that they are the samples its key was computed from.
+    source_digest: str = ""
+
+
+def region_hasher() -> Any:
+    """The hash of `Result.source_digest`; feed it `feed_region(hasher, block)` in order."""
+    return hashlib.sha256()
+
+
+def feed_region(hasher: Any, block: np.ndarray) -> None:
+    """Add (channels, frames) samples: interleaved, so the digest does not depend on blocking."""
+    hasher.update(np.ascontiguousarray(block.T, dtype=np.float32).tobytes())
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is written to: ctime too, which no tool can set back."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_unchanged(source: Path, before: os.stat_result) -> None:
+    """Fail when `source` was written to, replaced or removed since `before` was taken: stems of
+    audio that changed under the job would not sum to the file as it is."""
+    try:
+        same = _identity(os.stat(source)) == _identity(before)
+    except OSError:
+        same = False
+    if not same:
+        raise ReasamError(
+            "bad_request",
+            f"{source}: the source changed while the job ran (written to, replaced or removed); "
+            "its stems would not match it, so none are kept: run the job again",
+            usage=False,
+        )
 
 
 def slug(text: str) -> str:
@@ -118,9 +155,16 @@ class _Separator:
     """Runs one prepared prompt over a chunk of audio at the source rate, for all channels."""
 
     def __init__(
-        self, engine: Engine, prompt: Prompt, quality: str, reader: audio.SourceReader, source_rate: int
+        self,
+        engine: Engine,
+        prompt: Prompt,
+        quality: str,
+        reader: audio.SourceReader,
+        source_rate: int,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         caps = engine.capabilities
+        self.cancelled = cancelled
         self.rate = source_rate
         self.engine_rate = caps.sample_rate or source_rate
         self.groups = _channel_groups(reader.info.channels, caps.channels)
@@ -139,7 +183,9 @@ class _Separator:
             if self.reader.covers(first, frames):
                 data = self.reader.read(first, frames)
             else:  # an ffmpeg-decoded source holds only the region: decode the span on its own
-                with audio.SourceReader(self.reader.info, first, first + frames) as span_reader:
+                with audio.SourceReader(
+                    self.reader.info, first, first + frames, cancelled=self.cancelled
+                ) as span_reader:
                     data = span_reader.read(first, frames)
             return audio.resample(data[group], self.rate, self.engine_rate)
 
@@ -208,7 +254,13 @@ def resolve_region(request: Request, info: audio.AudioInfo) -> tuple[int, int]:
             "bad_request",
             f"region ends at {request.region.end:g} s, past the end of the file ({info.duration:.3f} s)",
         )
-    return first, min(round(request.region.end * rate), info.frames)
+    last = min(round(request.region.end * rate), info.frames)
+    if last <= first:
+        raise ReasamError(
+            "bad_request",
+            f"region {request.region.start:g}:{request.region.end:g} is shorter than one sample at {rate} Hz",
+        )
+    return first, last
 
 
 def _check_spans(request: Request, info: audio.AudioInfo) -> None:
@@ -234,12 +286,15 @@ def run(
     """
     started = time.monotonic()
     progress(0.0, "reading")
-    info = audio.probe(request.source)
+    info = audio.probe(request.source, cancelled)
+    source_stat = os.stat(request.source)  # probe has just read it: the state its stems must match
     first, last = resolve_region(request, info)
     _check_spans(request, info)
     engine = engines.choose(request.engine, request.prompt, request.spans)
     # Engines that take spans may not know the text: it then only names the target.
     text = (engine.canonical_prompt(request.prompt) or request.prompt.lower()) if request.prompt else ""
+    if job_dir.is_symlink():
+        raise ReasamError("bad_request", f"{job_dir}: the job folder is a symlink; not followed", usage=False)
     audio.ensure_writable_dir(job_dir)
 
     rate = info.sample_rate
@@ -259,14 +314,18 @@ def run(
     audio.check_output(fmt, out_rate, out_channels)
 
     caps = engine.capabilities
-    chunk_frames = int(min(caps.chunk_seconds, caps.max_seconds - 2 * _CONTEXT_SECONDS) * rate)
+    chunk_frames = int(min(caps.chunk_seconds, caps.max_seconds - 2 * CONTEXT_SECONDS) * rate)
     overlap = int(caps.overlap_seconds * rate)
-    context = int(_CONTEXT_SECONDS * rate)
+    context = int(CONTEXT_SECONDS * rate)
     chunks = plan(total, chunk_frames, overlap)
 
     region_start, region_end = first / rate, last / rate
     published: list[Path] = []
-    with audio.SourceReader(info, first - context, last + context) as reader, contextlib.ExitStack() as stack:
+    read = region_hasher()
+    with (
+        audio.SourceReader(info, first - context, last + context, cancelled=cancelled) as reader,
+        contextlib.ExitStack() as stack,
+    ):
         progress(0.02, "preparing")
         separator = _Separator(
             engine,
@@ -274,6 +333,7 @@ def run(
             request.quality,
             reader,
             rate,
+            cancelled,
         )
         # Without post-processing the first pass writes the final files directly; with it, the
         # first pass writes float temporaries that the second pass reads back and finishes.
@@ -303,6 +363,7 @@ def run(
                 mix = reader.read(read_start, chunk.end - chunk.start + 2 * context)
                 target = fader.push(chunk, separator(mix, read_start / rate)[:, context:-context])
                 region_mix = mix[:, context : context + target.shape[1]]
+                feed_region(read, region_mix)
                 for role, block in (("target", target), ("residual", region_mix - target)):
                     if request.output.mono:
                         block = block.mean(axis=0, keepdims=True)
@@ -310,6 +371,7 @@ def run(
                 progress(0.05 + 0.85 * chunk.emit_end / total, "separating")
             if cancelled():  # a cancel during the last chunk still wins over publishing
                 raise JobCancelled(job_id)
+            check_unchanged(request.source, source_stat)
             stems = []
             for role, writer in writers.items():
                 if post.active:
@@ -371,4 +433,4 @@ def run(
                 path.unlink(missing_ok=True)
             raise
     progress(1.0, "done")
-    return Result(job_id, manifest_path.resolve(), stems, manifest)
+    return Result(job_id, manifest_path.resolve(), stems, manifest, read.hexdigest())
