@@ -487,7 +487,6 @@ def test_malformed_datagrams_never_hurt(daemon: Daemon, short_wav: Path) -> None
             "k4": ["k4", str(short_wav), "x" * 50000],  # huge prompt
             "k5": ["k5", "relative/path.wav", "drums"],
             "k6": ["k6", str(short_wav), "drums", "region", "soon"],
-            "k7": ["k7", str(short_wav.parent), "drums"],  # not a regular file
             "bad id!": ["bad id!", str(short_wav), "drums"],
             # Ids made only of dots would name the output root or its parent as the job folder.
             ".": [".", str(short_wav), "drums"],
@@ -505,6 +504,8 @@ def test_malformed_datagrams_never_hurt(daemon: Daemon, short_wav: Path) -> None
             assert (address, reply[1]) == ("/reasam/error", "bad_request"), (job_id, reply)
         client.send("/reasam/separate", "k8", str(short_wav.parent / "missing.wav"), "drums", *client.auth())
         assert collect(client, final_for("k8"), timeout=5)[-1][1][1] == "not_found"
+        client.send("/reasam/separate", "k7", str(short_wav.parent), "drums", *client.auth())  # a folder
+        assert collect(client, final_for("k7"), timeout=5)[-1][1][1] == "unsupported_format"
         # Valid OSC with values of types we do not take: a blob, a boolean.
         for job_id, value, tag in (("k9", b"abcd", "b"), ("k10", True, "T")):
             builder = OscMessageBuilder("/reasam/separate")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from reasam import pipeline
 from reasam.cache import ResultCache
 from reasam.errors import JobCancelled, ReasamError
 from reasam.jobs import (
+    MAX_ATTEMPTS,
     Event,
     Job,
     JobManager,
@@ -350,4 +353,269 @@ def test_cache_key_follows_content_not_names(tmp_path: Path) -> None:
     audio[100] += 0.5
     sf.write(b, audio, 22050, subtype="FLOAT")
     assert cache.key(Request(b, "drums", engine="dsp")) != key  # the content changed
+    cache.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening: hung and crashing jobs, sources that change, folders that are not the job's own
+
+
+def test_a_job_that_stopped_the_daemon_again_and_again_is_failed(tmp_path: Path, source: Path) -> None:
+    """Killed (or hung, then killed) while running, again and again: the daemon gives up on it
+    instead of running it at every start for ever. Each start here is a new manager on the
+    journal of one that was abandoned mid-job, as a kill -9 leaves it."""
+    out = tmp_path / "out"
+    runners = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        runner = FakeRunner(block_first=True, deaf=True)
+        runners.append(runner)
+        jobs = manager(tmp_path, runner)
+        recovered = jobs.start()
+        if attempt == 1:
+            jobs.submit("hangs", Request(source, "drums"), out)
+        else:
+            assert recovered == ["hangs"]
+        assert runner.started.wait(5)
+        jobs.journal.close()  # the process "dies" with the job running
+    runner = FakeRunner()
+    jobs = manager(tmp_path, runner)
+    assert jobs.start() == []
+    status = jobs.status("hangs")
+    assert (status["state"], status["code"]) == ("error", "internal")
+    assert f"{MAX_ATTEMPTS} times" in status["message"]
+    assert json.loads((out / "hangs" / "status.json").read_text())["state"] == "error"
+    assert runner.order == []
+    for blocked in runners:
+        blocked.release.set()
+    jobs.shutdown()
+
+
+def test_cancel_and_stop_reach_a_job_whose_decoder_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real pipeline and cache on an input whose ffmpeg decode never ends (the playlist
+    refusal is lifted to reach it): cancel ends the job, and a stopping daemon journals the next
+    one at once instead of waiting for the decoder."""
+    from reasam import audio
+
+    from tests.test_audio import _decoders, _hls_with_a_fifo
+
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
+    monkeypatch.setattr(audio, "REFUSED_FORMATS", frozenset())
+    jobs = JobManager(
+        tmp_path / "journal.sqlite3",
+        cache=ResultCache(tmp_path / "cache", 1 << 20),
+        device_of=lambda r: "cpu",
+    )
+    jobs.start()
+    out = tmp_path / "out"
+    jobs.submit("stuck", Request(playlist, "drums", engine="dsp"), out)
+    wait(lambda: bool(_decoders()), timeout=60)
+    assert jobs.cancel("stuck")["state"] == "running"
+    wait(lambda: jobs.status("stuck")["state"] == "cancelled", timeout=60)
+    assert _decoders() == []
+    jobs.submit("stuck-2", Request(playlist, "drums", engine="dsp"), out)
+    wait(lambda: bool(_decoders()), timeout=60)
+    assert jobs.shutdown(grace=0.1) == ["stuck-2"]
+    assert _decoders() == []
+    assert json.loads((out / "stuck-2" / "status.json").read_text())["state"] == "queued"
+
+
+def test_source_overwritten_while_running_fails_and_is_never_cached(tmp_path: Path) -> None:
+    """The overwrite happens while the job runs; the file is restored afterwards. The job must
+    fail, and the next request for the restored file must not get stems of the mixture."""
+    rate = 22050
+    rng = np.random.default_rng(5)
+    original = (rng.standard_normal((rate * 70, 2)) * 0.1).astype(np.float32)
+    src = tmp_path / "src.wav"
+    sf.write(src, original, rate, subtype="FLOAT")
+
+    def overwriting(request: Request, job_dir: Path, job_id: str, progress: Any, cancelled: Any) -> Any:
+        def report(fraction: float, stage: str) -> None:
+            if job_id == "first" and stage == "separating" and fraction < 0.5:
+                sf.write(src, original[::-1], rate, subtype="FLOAT")
+            progress(fraction, stage)
+
+        return pipeline.run(request, job_dir, job_id, progress=report, cancelled=cancelled)
+
+    cache = ResultCache(tmp_path / "cache", 1 << 30)
+    jobs = manager(tmp_path, overwriting, cache=cache)
+    jobs.start()
+    out = tmp_path / "out"
+    jobs.submit("first", Request(src, "drums", engine="dsp"), out)
+    assert jobs.wait_idle(120)
+    status = jobs.status("first")
+    assert (status["state"], status["code"]) == ("error", "bad_request"), status
+    assert "changed while" in status["message"]
+    assert cache.stored_keys() == []
+    assert sorted(p.name for p in (out / "first").iterdir()) == ["status.json"]
+    sf.write(src, original, rate, subtype="FLOAT")  # restored
+    jobs.submit("second", Request(src, "drums", engine="dsp"), out)
+    assert jobs.wait_idle(120)
+    assert jobs.status("second")["state"] == "done"
+    manifest = json.loads((out / "second" / "manifest.json").read_text())
+    stems = [sf.read(s["path"], dtype="float32")[0] for s in manifest["stems"]]
+    assert np.abs(stems[0] + stems[1] - original).max() < 1e-4
+    jobs.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kind", ["symlink to a folder", "dangling symlink", "symlink to a file", "file", "folder"]
+)
+def test_job_folder_must_be_created_by_the_daemon(tmp_path: Path, source: Path, kind: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine.txt").write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = out / "taken"
+    if kind == "symlink to a folder":
+        folder.symlink_to(elsewhere)
+    elif kind == "dangling symlink":
+        folder.symlink_to(tmp_path / "nothing")
+    elif kind == "symlink to a file":
+        folder.symlink_to(elsewhere / "mine.txt")
+    elif kind == "file":
+        folder.write_text("a file")
+    else:
+        folder.mkdir()
+    jobs = manager(tmp_path, FakeRunner())
+    jobs.start()
+    with pytest.raises(ReasamError) as exc:
+        jobs.submit("taken", Request(source, "drums"), out)
+    assert exc.value.code == "bad_request" and "already exists" in exc.value.message
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mine.txt"]
+    assert (elsewhere / "mine.txt").read_text() == "precious"
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(ReasamError):
+        jobs.status("taken")  # never journaled
+    jobs.shutdown()
+
+
+def test_cancel_deletes_only_what_the_job_wrote(tmp_path: Path, source: Path) -> None:
+    """Files that others put into a running job's folder survive its cancel, a symlink named
+    like a stem is removed as a link (its target survives), and a job folder swapped for a
+    symlink while the job runs is not followed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("mine.txt", "drums.wav", "manifest.json"):
+        (elsewhere / name).write_text("precious")
+    runner = FakeRunner(block_first=True)
+    jobs = manager(tmp_path, runner)
+    jobs.start()
+    out = tmp_path / "out"
+    jobs.submit("a", Request(source, "drums"), out)
+    jobs.submit("b", Request(source, "drums"), out)
+    assert runner.started.wait(5)
+    # "b", queued: its folder is replaced by a symlink to the user's folder, then it is cancelled.
+    (out / "b").rename(tmp_path / "b-moved")
+    (out / "b").symlink_to(elsewhere)
+    assert jobs.cancel("b")["state"] == "cancelled"
+    job = out / "a"
+    (job / "notes.txt").write_text("the user's")
+    (job / ".drums.wav.0123abcd.partial").write_bytes(b"half a stem")
+    (job / "drums-residual.wav").symlink_to(elsewhere / "mine.txt")
+    assert jobs.cancel("a")["state"] == "running"
+    wait(lambda: jobs.status("a")["state"] == "cancelled")
+    assert jobs.wait_idle(10)  # its final status.json is written
+    assert sorted(p.name for p in job.iterdir()) == ["notes.txt", "status.json"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["drums.wav", "manifest.json", "mine.txt"]
+    assert all((elsewhere / n).read_text() == "precious" for n in ("mine.txt", "drums.wav", "manifest.json"))
+    jobs.shutdown()
+
+
+_SUBMIT_ON_A_FULL_DISK = """
+import json, os, sys
+from pathlib import Path
+from reasam.errors import ReasamError
+from reasam.jobs import JobManager
+from reasam.request import Request
+src, out, journal = map(Path, sys.argv[1:4])
+fd = os.open(out / "filler", os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"\\0" * 65536)
+except OSError:
+    pass
+os.close(fd)
+jobs = JobManager(journal, device_of=lambda r: "cpu")
+jobs.start()
+report = {}
+try:
+    jobs.submit("j1", Request(src, "drums", engine="dsp"), out)
+    report["first"] = "accepted"
+except ReasamError as exc:
+    report["first"] = [exc.code, exc.message]
+report["left"] = sorted(p.name for p in out.iterdir())
+os.unlink(out / "filler")
+again = jobs.submit("j1", Request(src, "drums", engine="dsp"), out)
+report["created"] = again.created
+jobs.wait_idle(120)
+report["state"] = jobs.status("j1")["state"]
+report["files"] = sorted(p.name for p in (out / "j1").iterdir())
+jobs.shutdown()
+print(json.dumps(report))
+"""
+
+
+def test_submit_on_a_full_disk_can_be_retried_with_the_same_id(tmp_path: Path, source: Path) -> None:
+    """A real full disk (a filled tmpfs as the output root; the journal elsewhere): the refusal
+    says so, and the job, which never started, can be sent again once there is room."""
+    from tests.conftest import on_small_filesystem
+
+    mount = tmp_path / "small"
+    proc = on_small_filesystem(
+        mount,
+        "1m",
+        sys.executable,
+        "-c",
+        _SUBMIT_ON_A_FULL_DISK,
+        str(source),
+        str(mount),
+        str(tmp_path / "j.db"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, message = report["first"]
+    assert code == "bad_request" and "disk full" in message and str(mount) in message, report
+    assert report["left"] == ["filler"], report
+    assert report["created"] and report["state"] == "done", report
+    assert report["files"] == ["drums-residual.wav", "drums.wav", "manifest.json", "status.json"], report
+
+
+@pytest.mark.parametrize(("ext", "spans"), [("wav", False), ("m4a", False), ("m4a", True), ("mp3", True)])
+def test_cache_key_and_pipeline_agree_on_what_was_read(tmp_path: Path, ext: str, spans: bool) -> None:
+    """The source digest taken with the key equals the pipeline's digest of what it read, for
+    libsndfile and ffmpeg inputs, with and without spans (no job fails for nothing); audio that
+    differs from the key's is refused and not stored, even with the file's size unchanged."""
+    rate = 44100
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((rate * 3, 2)) * 0.1).astype(np.float32)
+    wav = tmp_path / "x.wav"
+    sf.write(wav, x, rate, subtype="FLOAT")
+    src = wav
+    if ext != "wav":
+        src = tmp_path / f"x.{ext}"
+        codec = ["-c:a", "aac"] if ext == "m4a" else ["-c:a", "libmp3lame"]
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), *codec, str(src)], check=True)
+    request = Request(
+        src,
+        "" if spans else "drums",
+        spans=(Span("+", 0.5, 1.0),) if spans else (),
+        region=Region(1.0, 2.5),
+        engine="dsp",
+    )
+    cache = ResultCache(tmp_path / "cache", 1 << 30)
+    key = cache.key(request)
+    result = pipeline.run(request, tmp_path / "out" / "a", "a")
+    cache.check_source(key, result)  # raises if they disagree
+    cache.store(key, result)
+    assert cache.stored_keys() == [key]
+    # The same key, but the run read other audio (as when the file changes under the job).
+    other_key = cache.key(Request(src, request.prompt, request.spans, Region(0.5, 2.0), engine="dsp"))
+    with pytest.raises(ReasamError) as exc:
+        cache.check_source(other_key, result)
+    assert exc.value.code == "bad_request" and "changed while" in exc.value.message
+    cache.store(other_key, result)
+    assert cache.stored_keys() == [key]
     cache.close()

@@ -21,17 +21,27 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, audio
-from .errors import JobCancelled
+from .errors import JobCancelled, ReasamError
 from .request import Request, encode_request
 
 log = logging.getLogger("reasam.cache")
 
 
-CACHE_FORMAT = 1
-# Audio around the region that can change the engine's output at its edges (the pipeline reads
-# 0.5 s of context); hashing a little more only makes the key more specific.
-_HASH_CONTEXT_SECONDS = 1.0
+CACHE_FORMAT = 2
 _HASH_BLOCK = 1 << 18
+# Source digests of keys whose jobs are still to finish (see `check_source`); a few per job.
+_EXPECTED_LIMIT = 1024
+
+
+def open_cache(folder: Path, limit_bytes: int) -> ResultCache | None:
+    """The result cache, or None with a warning naming the folder when it cannot be opened (a
+    read-only or full disk, a file in its place): the daemon then serves without it rather than
+    not at all."""
+    try:
+        return ResultCache(folder, limit_bytes)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("result cache off: cannot open %s (%s); jobs run without it", folder, exc)
+        return None
 
 
 class ResultCache:
@@ -47,6 +57,10 @@ class ResultCache:
     edit to one never reaches another. Each entry records its files' size and mtime; a stored
     file changed in place (through a hard link with the original job) invalidates the entry.
     Least recently used entries are evicted beyond the size limit.
+
+    A source can change while its job runs. The key also yields the digest of the region's
+    samples as the pipeline will read them (same bounds, so the same decode); a result whose own
+    digest of what it read differs is refused (`check_source`) and never stored.
     """
 
     def __init__(self, folder: Path, limit_bytes: int) -> None:
@@ -69,22 +83,28 @@ class ResultCache:
         )
         self.hits = 0
         self.misses = 0
+        self._expected: dict[str, str] = {}  # key → source digest its job must have read
 
     # -- keys ------------------------------------------------------------------------------
 
-    def key(self, request: Request) -> str:
-        """The cache key of a request (reads the region's audio; memoized by file identity)."""
+    def key(self, request: Request, cancelled: Callable[[], bool] | None = None) -> str:
+        """The cache key of a request (reads the region's audio; memoized by file identity).
+
+        The hashed audio includes the context the pipeline reads around the region (it can
+        change the engine's output at the edges), or the whole file for spans.
+        """
         from . import engines, pipeline
 
-        info = audio.probe(request.source)
+        info = audio.probe(request.source, cancelled)
         first, last = pipeline.resolve_region(request, info)
         rate = info.sample_rate
-        if request.spans:
-            lo, hi = 0, info.frames
-        else:
-            pad = round(_HASH_CONTEXT_SECONDS * rate)
-            lo, hi = max(0, first - pad), min(info.frames, last + pad)
-        digest = self._audio_digest(info, lo, hi)
+        pad = round(pipeline.CONTEXT_SECONDS * rate)
+        near = (max(0, first - pad), min(info.frames, last + pad))
+        lo, hi = (0, info.frames) if request.spans else near
+        digest, source = self._audio_digest(info, lo, hi, first, last, cancelled)
+        if (lo, hi) != near and info.backend == "ffmpeg":
+            # ffmpeg decodes from where it starts; the pipeline's decode starts at `near`.
+            source = self._audio_digest(info, *near, first, last, cancelled)[1]
         engine = engines.choose(request.engine, request.prompt, request.spans)
         caps = engine.capabilities
         options = {k: v for k, v in encode_request(request).items() if k not in ("source", "spans", "region")}
@@ -102,35 +122,78 @@ class ResultCache:
             "model": caps.model or caps.name,
             "options": options,
         }
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            self._expected.pop(key, None)
+            self._expected[key] = source
+            while len(self._expected) > _EXPECTED_LIMIT:
+                self._expected.pop(next(iter(self._expected)))
+        return key
 
-    def _audio_digest(self, info: audio.AudioInfo, lo: int, hi: int) -> str:
+    def _audio_digest(
+        self,
+        info: audio.AudioInfo,
+        lo: int,
+        hi: int,
+        first: int,
+        last: int,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[str, str]:
+        """(digest of [lo, hi), digest of the region [first, last) as `pipeline.feed_region`
+        hashes it), memoized by file identity; ctime too, so a rewrite never hits a stale memo."""
+        from .pipeline import feed_region, region_hasher
+
         st = info.path.stat()
-        ident = f"{info.path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{lo}|{hi}"
+        ident = (
+            f"{info.path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{lo}|{hi}|{first}|{last}"
+        )
         with self._lock:
             row = self._db.execute("SELECT digest FROM digests WHERE ident = ?", (ident,)).fetchone()
             if row is not None:
                 self._db.execute("UPDATE digests SET used = ? WHERE ident = ?", (time.time(), ident))
-                return row[0]
+                whole, _, region = row[0].partition(" ")
+                return whole, region
         h = hashlib.sha256()
-        with audio.SourceReader(info, lo, hi) as reader:
+        region_hash = region_hasher()
+        with audio.SourceReader(info, lo, hi, cancelled=cancelled) as reader:
             pos = lo
             while pos < hi:
+                if cancelled is not None and cancelled():
+                    raise JobCancelled(str(info.path))
                 n = min(_HASH_BLOCK, hi - pos)
-                h.update(reader.read(pos, n).tobytes())
+                block = reader.read(pos, n)
+                h.update(block.tobytes())
+                a, b = max(pos, first), min(pos + n, last)
+                if b > a:
+                    feed_region(region_hash, block[:, a - pos : b - pos])
                 pos += n
-        digest = h.hexdigest()
+        digest, region = h.hexdigest(), region_hash.hexdigest()
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO digests (ident, digest, used) VALUES (?, ?, ?)",
-                (ident, digest, time.time()),
+                (ident, f"{digest} {region}", time.time()),
             )
             # The memo is small; keep it bounded anyway.
             self._db.execute(
                 "DELETE FROM digests WHERE ident NOT IN"
                 " (SELECT ident FROM digests ORDER BY used DESC LIMIT 10000)"
             )
-        return digest
+        return digest, region
+
+    def check_source(self, key: str, result: Any) -> None:
+        """Fail a finished job whose run read other samples than its key was computed from: the
+        source changed in between (stems that would not sum to the file as it is now)."""
+        with self._lock:
+            expected = self._expected.get(key)
+        got = getattr(result, "source_digest", "")
+        if expected and got and got != expected:
+            source = result.manifest.get("request", {}).get("source", "the source")
+            raise ReasamError(
+                "bad_request",
+                f"{source}: the source changed while the job ran (its audio differs from what the "
+                "job started with); its stems would not match it, so none are kept: run the job again",
+                usage=False,
+            )
 
     def _entry_dir(self, key: str) -> Path:
         return self.folder / key[:2] / key
@@ -210,7 +273,14 @@ class ResultCache:
         return Result(job_id, manifest_path.resolve(), stems, manifest)
 
     def store(self, key: str, result: Any) -> None:
-        """Keep a finished job's stems (hard links where possible); failures only cost the entry."""
+        """Keep a finished job's stems (hard links where possible); failures only cost the entry.
+        A result whose source changed under it (`check_source`) is never kept."""
+        with self._lock:
+            expected = self._expected.pop(key, None)
+        got = getattr(result, "source_digest", "")
+        if expected and got != expected:
+            log.warning("cache: %s not kept: its source changed while the job ran", key[:12])
+            return
         try:
             self._store(key, result)
         except Exception as exc:

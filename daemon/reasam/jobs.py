@@ -14,7 +14,8 @@ completes exactly once, and nothing acknowledged is lost.
 
 Each job has a folder `<out>/<job_id>/` with `status.json` (rewritten atomically on every change)
 and, when done, `manifest.json` (written once, by the pipeline or by the cache); see
-../shared/docs/protocol.md, "Files".
+../shared/docs/protocol.md, "Files". The daemon creates that folder itself at submit (an existing
+path, a symlink above all, is refused), and removes from it only the files the job writes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import stat
 import threading
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, audio
-from .errors import JobCancelled, ReasamError, is_out_of_memory
+from .errors import JobCancelled, ReasamError, is_out_of_memory, output_error
 
 if TYPE_CHECKING:
     from .cache import ResultCache
@@ -55,6 +55,9 @@ PROGRESS_INTERVAL = 0.2
 INTERRUPT_WAIT = 30.0
 # Finished jobs stay in the journal (for idempotent retries and `status`) this long.
 RETENTION_SECONDS = 30 * 24 * 3600
+# A job that was running this many times when the daemon died (a crash, a kill, a hang ended by
+# a kill) is failed at the next start instead of being run again for ever.
+MAX_ATTEMPTS = 3
 
 
 class Priority(enum.IntEnum):
@@ -162,6 +165,11 @@ class Journal:
         cols = ", ".join(f"{k} = ?" for k in values)
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {cols} WHERE job_id = ?", (*values.values(), job_id))
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job that was never announced (its submission failed half-way)."""
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def get(self, job_id: str) -> sqlite3.Row | None:
         with self._lock:
@@ -300,58 +308,83 @@ def _default_runner(*args: Any, **kwargs: Any) -> Any:
 
 
 def _check_source(path: Path) -> None:
-    """Cheap checks at submit time, so an unreadable path is refused before it is queued."""
+    """Cheap checks at submit time, so an unreadable path (or a FIFO, device, folder: inputs that
+    never end) is refused before it is queued."""
     if not path.is_absolute():
         raise ReasamError("bad_request", f"{path}: the path must be absolute")
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ReasamError("not_found", f"{path}: no such file") from None
-    except OSError as exc:
-        raise ReasamError("not_found", f"{path}: cannot access ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ReasamError("bad_request", f"{path}: not a regular file")
-    if not os.access(path, os.R_OK):
-        raise ReasamError("not_found", f"{path}: permission denied")
+    audio.check_regular_file(path)
 
 
-_KEEP_ON_RESTART = {"status.json"}
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial")
 
 
-def clear_outputs(job_dir: Path) -> None:
-    """Remove what an interrupted run may have left in its own folder (not status.json).
+def _own_files(job: Job) -> set[str]:
+    """Names of the files a job writes into its folder besides status.json: its stems and
+    manifest (by the pipeline or the cache). Their temporaries are `audio.temp_name`s of these
+    and of status.json."""
+    from .pipeline import stem_files
 
-    The folder belongs to the job alone: submit refuses a job whose folder already holds
-    anything, so nothing here can be a file the user put there.
+    return {path.name for path in stem_files(job.request, job.job_dir).values()} | {"manifest.json"}
+
+
+def clear_outputs(job: Job) -> None:
+    """Remove what a run of `job` wrote in its folder (stems, manifest, temporaries), nothing else.
+
+    Only names the job itself writes are removed, so a file someone else put there survives.
+    The folder is opened with O_NOFOLLOW and entries are unlinked relative to it: a job folder
+    replaced by a symlink is not followed, and a symlink inside is removed as a link, never
+    followed. Folders inside are never removed.
     """
-    if not job_dir.is_dir():
-        return
-    for entry in job_dir.iterdir():
-        if entry.name in _KEEP_ON_RESTART:
-            continue
-        with contextlib.suppress(OSError):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-
-
-def _write_json(final: Path, body: dict[str, Any], durable: bool, job_id: str) -> bool:
-    """Write `body` to `final` atomically (temporary file + rename); False if it could not be."""
-    temp = audio.temp_name(final)
+    own = _own_files(job)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        with open(temp, "w", encoding="utf-8") as fh:
+        fd = os.open(job.job_dir, flags)
+    except OSError:
+        return  # gone, or not a folder of its own (a symlink): nothing of the job's to remove
+    try:
+        for name in os.listdir(fd):
+            temp = _TEMPORARY.fullmatch(name)
+            if name in own or (temp is not None and temp["name"] in own | {"status.json"}):
+                with contextlib.suppress(OSError):
+                    if not _is_dir_at(name, fd):
+                        os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _is_dir_at(name: str, dir_fd: int) -> bool:
+    return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+
+
+def _write_json(final: Path, body: dict[str, Any], durable: bool, job_id: str) -> OSError | None:
+    """Write `body` to `final` atomically (temporary file + rename); the error if it could not be.
+
+    Relative to the folder opened with O_NOFOLLOW: a job folder replaced by a symlink is not
+    written through, and the temporary is created exclusively (never an existing file).
+    """
+    temp = audio.temp_name(final).name
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    dir_fd = None
+    try:
+        dir_fd = os.open(final.parent, flags)
+        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(temp, create, 0o644, dir_fd=dir_fd)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(body, indent=1) + "\n")
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(temp, final)
-        return True
+        os.replace(temp, final.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return None
     except OSError as exc:
-        log.warning("job %s: cannot write %s (%s)", job_id, final.name, exc)
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        return False
+        log.warning("job %s: cannot write %s (%s)", job_id, final, exc)
+        if dir_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+        return exc
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
 
 
 def _manifest_complete(job: Job) -> str | None:
@@ -441,7 +474,16 @@ class JobManager:
                     self._finish(job, "done", stage="done", fraction=1.0)
                     log.info("journal: job %s had finished before the restart; marked done", job_id)
                     continue
-                clear_outputs(job.job_dir)
+                clear_outputs(job)
+                if job.attempts >= MAX_ATTEMPTS:
+                    # Whatever it does (hangs until killed, crashes the process), it would do again.
+                    message = (
+                        f"the daemon stopped {job.attempts} times while this job ran (a crash, a kill "
+                        "or a hang); not run again"
+                    )
+                    self._finish(job, "error", stage="error", message=message, code="internal")
+                    log.error("journal: job %s: %s", job_id, message)
+                    continue
                 log.info("journal: job %s was running at the last stop; it runs again", job_id)
             else:
                 log.info("journal: job %s was queued at the last stop; queued again", job_id)
@@ -520,25 +562,26 @@ class JobManager:
             if self._queued >= self.queue_limit:
                 raise ReasamError("busy", f"the queue is full ({self.queue_limit} jobs waiting); retry later")
             try:
+                # The daemon's own folder, new: mkdir never follows a symlink, and whatever is
+                # there already (a folder, a file, a symlink) may be someone else's.
                 job.job_dir.mkdir()
             except FileExistsError:
-                if any(job.job_dir.iterdir()):
-                    raise ReasamError(
-                        "bad_request",
-                        f"{job.job_dir}: a job folder with this id already holds files; "
-                        "choose another job_id",
-                    ) from None
+                raise ReasamError(
+                    "bad_request",
+                    f"{job.job_dir}: already exists; each job gets a new folder, so choose another job_id",
+                ) from None
             except OSError as exc:
-                raise ReasamError("bad_request", f"{job.job_dir}: cannot create ({exc.strerror})") from None
+                raise output_error(exc, job.job_dir, out_root) from None
             try:
                 job.seq = self.journal.insert(job)
             except sqlite3.IntegrityError:
+                self._forget_new(job, journaled=False)
                 raise ReasamError("bad_request", f"job id {job_id} is already in use") from None
-            if not self._write_status(job, durable=False):  # the journal row is the durable record
-                self.journal.update(
-                    job_id, state="error", code="bad_request", message="cannot write status.json"
-                )
-                raise ReasamError("bad_request", f"{job.job_dir}: cannot write status.json")
+            failed = self._write_status(job, durable=False)  # the journal row is the durable record
+            if failed is not None:
+                # The job never started: forget it, so the same id can be sent again later.
+                self._forget_new(job, journaled=True)
+                raise output_error(failed, job.job_dir / "status.json")
             position = self._position(job)  # the same before and after it joins the heap
             submitted = Submitted(job_id, job.status(), position, True, origin)
             if announce is not None:
@@ -551,6 +594,16 @@ class JobManager:
                 self._ensure_worker(device)
         log.info("job %s queued (%s, %s, position %d)", job_id, job.priority.name.lower(), device, position)
         return submitted
+
+    def _forget_new(self, job: Job, journaled: bool) -> None:
+        """Undo a submission that failed before it was announced: journal row, own files, folder."""
+        if journaled:
+            self.journal.delete(job.job_id)
+        clear_outputs(job)
+        with contextlib.suppress(OSError):
+            os.unlink(job.job_dir / "status.json")
+        with contextlib.suppress(OSError):
+            job.job_dir.rmdir()
 
     def _existing(self, job_id: str, fp: str) -> Submitted | None:
         job = self._jobs.get(job_id)
@@ -580,7 +633,7 @@ class JobManager:
                 job.cancel_requested = True
                 del self._jobs[job_id]  # its heap entry is skipped when popped
                 self._finish(job, "cancelled", stage="cancelled", message="cancelled before it started")
-                clear_outputs(job.job_dir)
+                clear_outputs(job)
                 return job.status()
             job.cancel_requested = True
             log.info("job %s: cancel requested while running", job_id)
@@ -768,7 +821,7 @@ class JobManager:
                 key, result = self._from_cache(job)
             if result is None:
                 if job.attempts > 1:
-                    clear_outputs(job.job_dir)
+                    clear_outputs(job)
                 began = time.monotonic()
                 result = self._runner(
                     job.request,
@@ -779,6 +832,11 @@ class JobManager:
                 )
                 job.timing["pipeline"] = round(time.monotonic() - began, 4)
                 if self.cache is not None and key is not None:
+                    try:
+                        self.cache.check_source(key, result)
+                    except ReasamError:
+                        clear_outputs(job)
+                        raise
                     self.cache.store(key, result)  # kept even if cancelled below: a retry is free
             if job.cancel_requested:
                 # Asked to stop after its last chunk had begun (a one-chunk job cannot stop
@@ -795,7 +853,7 @@ class JobManager:
             )
         except JobCancelled:
             if job.cancel_requested:
-                clear_outputs(job.job_dir)
+                clear_outputs(job)
                 self._finish(job, "cancelled", stage="cancelled", message="cancelled")
                 log.info("job %s cancelled", job.job_id)
             else:
@@ -821,7 +879,7 @@ class JobManager:
         a ReasamError (unreadable source, region past the end) is the job's own and propagates."""
         assert self.cache is not None
         try:
-            key = self.cache.key(job.request)
+            key = self.cache.key(job.request, self._cancelled(job))
             result = self.cache.fetch(key, job.request, job.job_id, job.job_dir, self._cancelled(job))
         except (ReasamError, JobCancelled):
             raise
@@ -834,7 +892,7 @@ class JobManager:
 
     def _requeue_for_restart(self, job: Job) -> None:
         """A job interrupted by a stopping daemon: journaled as queued, it runs at the next start."""
-        clear_outputs(job.job_dir)
+        clear_outputs(job)
         job.state, job.stage, job.fraction = "queued", "queued", 0.0
         job.message = "interrupted by the daemon stopping; runs again at the next start"
         self.journal.update(job.job_id, state="queued", stage="queued", message=job.message)
@@ -868,8 +926,8 @@ class JobManager:
         self._write_status(job)
         self._emit(state, job)
 
-    def _write_status(self, job: Job, durable: bool = True) -> bool:
-        """Rewrite status.json atomically. `durable` adds an fsync, for the final states (done,
-        error, cancelled); the others are recorded durably in the journal, and the file is
-        rewritten from it at the next start."""
+    def _write_status(self, job: Job, durable: bool = True) -> OSError | None:
+        """Rewrite status.json atomically; the error if it could not be. `durable` adds an fsync,
+        for the final states (done, error, cancelled); the others are recorded durably in the
+        journal, and the file is rewritten from it at the next start."""
         return _write_json(job.job_dir / "status.json", job.status(), durable, job.job_id)
