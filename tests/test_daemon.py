@@ -910,3 +910,71 @@ def test_client_listens_on_loopback_and_ignores_forged_replies() -> None:
 def test_encode_parse_round_trip() -> None:
     data = encode("/reasam/progress", "job", 0.5, "separating")
     assert parse(data) == [("/reasam/progress", ["job", 0.5, "separating"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening
+
+
+def test_unauthenticated_requests_are_answered_only_to_their_sender(daemon: Daemon, short_wav: Path) -> None:
+    """A wrong token with a `reply_port`: the error goes back to the sender's own port, never to
+    the port named (anyone on the host could aim the replies at any local port otherwise)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as aimed_at:
+        aimed_at.bind(("127.0.0.1", 0))
+        port = aimed_at.getsockname()[1]
+        with daemon.client("wrong-token") as client:
+            client.send("/reasam/ping", "token", "wrong-token", "reply_port", port)
+            client.send("/reasam/status", "token", "wrong-token", "reply_port", port)
+            client.send("/reasam/cancel", "some-job", "reply_port", port)
+            aimed = separate_args("aimed", short_wav, "reply_port", port, token="wrong-token")
+            client.send("/reasam/separate", *aimed)
+            got = collect(client, lambda got: len(got) >= 4, timeout=10)
+        assert [args[1] for _, args in got] == ["unauthorized"] * 4
+        aimed_at.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            aimed_at.recv(65536)
+        with daemon.client() as client:  # with the token, reply_port is honoured as before
+            client.send("/reasam/ping", "token", daemon.token, "reply_port", port)
+            aimed_at.settimeout(30)
+            address, _ = parse(aimed_at.recv(65536))[0]
+        assert address == "/reasam/pong"
+    assert not (daemon.out / "aimed").exists()
+
+
+def test_non_file_inputs_never_hold_the_worker(tmp_path: Path) -> None:
+    """A playlist whose segment is a FIFO (ffmpeg would block on it for ever), a FIFO and a
+    folder: each refused as unsupported_format, and the job behind them runs."""
+    from tests.test_audio import _hls_with_a_fifo
+
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    short = write_noise(tmp_path / "short.wav", 1.0, seed=51)
+    d = Daemon(tmp_path / "d").start()
+    with d.client() as client:
+        for job_id, path in (("playlist", playlist), ("fifo", fifo), ("folder", tmp_path), ("after", short)):
+            client.send("/reasam/separate", *separate_args(job_id, path, token=d.token))
+        replies = collect(
+            client, lambda got: all(final_for(j)(got) for j in ("playlist", "fifo", "folder", "after")), 120
+        )
+    finals = {x[0]: (a, x[1:2]) for a, x in replies if a in ("/reasam/done", "/reasam/error")}
+    for job_id in ("playlist", "fifo", "folder"):
+        assert finals[job_id] == ("/reasam/error", ["unsupported_format"]), finals
+    assert finals["after"][0] == "/reasam/done"
+    assert not [p for p in psutil.Process(d.proc.pid).children(recursive=True) if p.name().startswith("ff")]
+    assert d.stop() == 0
+
+
+def test_unwritable_cache_folder_starts_without_the_cache(tmp_path: Path, unwritable_dir: Path) -> None:
+    d = Daemon(tmp_path / "d")
+    d.state.mkdir(parents=True)
+    (d.state / "cache").symlink_to(unwritable_dir)  # a folder no file can be created in
+    d.start()
+    short = write_noise(tmp_path / "short.wav", 1.0, seed=52)
+    with d.client() as client:
+        client.send("/reasam/separate", *separate_args("no-cache", short, token=d.token))
+        assert collect(client, final_for("no-cache"), timeout=60)[-1][0] == "/reasam/done"
+        assert client.status()["cache"] is None
+    assert d.stop() == 0
+    log = d.log.read_text()
+    assert f"result cache off: cannot open {d.state / 'cache'}" in log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import plistlib
 import re
@@ -82,14 +83,16 @@ def test_no_token_only_on_loopback() -> None:
     config.load({"host": "0.0.0.0"}, env={}).check()  # with a token, any interface may be bound
 
 
-def test_token_file_created_private_and_kept(tmp_path: Path) -> None:
+def test_token_file_created_private_and_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "cfg" / "reasam" / "token"
     token = config.ensure_token(path)
     assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert config.ensure_token(path) == token
     path.chmod(0o644)
-    assert config.ensure_token(path) == token and path.stat().st_mode & 0o777 == 0o600
+    with caplog.at_level(logging.WARNING, logger="reasam.config"):
+        assert config.ensure_token(path) == token and path.stat().st_mode & 0o777 == 0o600
+    assert str(path) in caplog.text and "644" in caplog.text  # tightened, and said so
     settings = config.load({"token_file": str(path)}, env={})
     assert config.client_token(settings) == token
     assert config.client_token(config.load({"token_file": str(tmp_path / "none")}, env={})) is None

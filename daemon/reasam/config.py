@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import secrets
 import stat
@@ -26,6 +27,8 @@ from typing import Any
 
 from .errors import ReasamError
 from .request import ENGINES, QUALITIES
+
+log = logging.getLogger("reasam.config")
 
 DEFAULT_PORT = 9797
 DEFAULT_HOST = "127.0.0.1"
@@ -319,8 +322,8 @@ def ensure_token(path: Path) -> str:
     """The token in `path`, creating the file with a fresh random token (mode 0600) if missing.
 
     Created with O_EXCL and mode 0600 in one step, so there is no moment at which another user
-    could read it. An existing file readable by others is tightened and a warning is returned
-    through the log by the caller (the token itself is kept: clients already hold it).
+    could read it. An existing file readable by others is tightened and a warning logged (the
+    token itself is kept: clients already hold it).
     """
     _private_dir(path.parent)
     try:
@@ -340,6 +343,11 @@ def read_token(path: Path, tighten: bool = False) -> str:
             mode = path.stat().st_mode
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 path.chmod(0o600)
+                log.warning(
+                    "token file %s was readable by others (mode %o); made owner-only (0600)",
+                    path,
+                    stat.S_IMODE(mode),
+                )
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise ReasamError("not_found", f"{path}: token file not found") from None

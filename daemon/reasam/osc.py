@@ -531,11 +531,19 @@ class Server:
             raise ReasamError("unauthorized", "wrong token")
 
     def _control(self, client: Address, pairs: Sequence[Any]) -> Address:
-        """Authorize a control message's trailing pairs; returns where to reply."""
+        """Authorize a control message's trailing pairs; returns where to reply.
+
+        An unauthenticated request is answered only to its sender's own address and port, never
+        to its `reply_port`: otherwise anyone on the host could aim replies at any local port.
+        """
         token, port = _scan(pairs)
         reply_to = (client[0], port) if port else client
         try:
             self._authorize(token)
+        except ReasamError as exc:
+            exc.reply_to = client  # type: ignore[attr-defined]
+            raise
+        try:
             _pairs(pairs, CONTROL_KEYS)
         except ReasamError as exc:
             exc.reply_to = reply_to  # type: ignore[attr-defined]
@@ -550,9 +558,13 @@ class Server:
             self._drop(client, "/reasam/separate without a readable job id")
             return
         token, port = _scan(args[3:])
-        reply_to = (client[0], port) if port else client
         try:
             self._authorize(token)
+        except ReasamError as exc:  # unauthenticated: answered to the sender alone (see _control)
+            self._error(client, job_id, exc.code, exc.message)
+            return
+        reply_to = (client[0], port) if port else client
+        try:
             if len(args) < 3:
                 raise ReasamError(
                     "bad_request", "/reasam/separate takes job_id, path, prompt, then key/value pairs"
@@ -809,7 +821,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: config.Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
-    from .cache import ResultCache
+    from .cache import open_cache
     from .jobs import JobManager
 
     settings.check()
@@ -824,7 +836,7 @@ def serve(settings: config.Settings) -> int:
             log.warning("tokens are off (loopback only): any local program can send jobs")
         sock = _bind(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
-        cache = ResultCache(settings.cache_dir, settings.cache_mb << 20) if settings.cache_mb > 0 else None
+        cache = open_cache(settings.cache_dir, settings.cache_mb << 20) if settings.cache_mb > 0 else None
         bridge = ModelBridge(settings.keep_alive, settings.quality)
         bridge.configure()  # before any engine exists: the SAM engine captures the manager
         manager = JobManager(settings.journal_path, cache, settings.queue_limit, after_job=bridge.tick)
