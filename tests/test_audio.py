@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -355,3 +358,45 @@ def test_wav_whose_header_claims_more_than_the_file_holds_is_truncated(tmp_path:
     streamed[40:44] = b"\xff\xff\xff\xff"
     (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
     assert audio.read_region(tmp_path / "streamed.wav")[0].shape == (2, 44100)
+
+
+_DECODE_IN_A_CHILD = """
+import sys
+from reasam import audio
+audio.REFUSED_FORMATS = frozenset()
+audio.DECODE_TIMEOUT = 1.0
+info = audio.probe(sys.argv[1])
+audio.SourceReader(info, 0, info.frames)
+"""
+
+
+def test_a_blocked_decoder_dies_with_its_limit_even_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the process that started the decode (the daemon) leaves nobody to kill the
+    decoder at its time limit: the limit must hold on its own."""
+    playlist = _hls_with_a_fifo(tmp_path / "hls")
+    parent = subprocess.Popen([sys.executable, "-c", _DECODE_IN_A_CHILD, str(playlist)])
+    try:
+        deadline = time.monotonic() + 60
+        decoders: list[psutil.Process] = []
+        while not any(p.name() == "ffmpeg" for p in decoders):
+            assert time.monotonic() < deadline and parent.poll() is None, "no decoder started"
+            time.sleep(0.05)
+            with contextlib.suppress(psutil.Error):
+                decoders = psutil.Process(parent.pid).children(recursive=True)
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def alive(proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return False
+
+    deadline = time.monotonic() + 120  # a generous bound: the limit is 1 s (+ 10 s of slack)
+    while any(alive(p) for p in decoders):
+        if time.monotonic() > deadline:
+            for proc in decoders:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            pytest.fail("the decoder outlived its parent and its time limit")
+        time.sleep(0.2)

@@ -167,7 +167,11 @@ def run_bounded(
 
     SIGKILL, not SIGTERM: ffmpeg blocked opening a FIFO takes SIGTERM as a request to finish
     and opens it again. The child leads its own process group so nothing it started survives.
+    Where coreutils' `timeout` exists it wraps the child too, so the limit holds even when this
+    process is killed first (kill -9 of the daemon) and cannot kill the child itself.
     """
+    if shutil.which("timeout"):
+        cmd = ["timeout", "-s", "KILL", f"{int(timeout) + 10}", *cmd]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,

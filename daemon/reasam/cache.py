@@ -229,6 +229,10 @@ class ResultCache:
         if cancelled():
             raise JobCancelled(job_id)
         finals = stem_files(request, job_dir)
+        if job_dir.is_symlink():
+            raise ReasamError(
+                "bad_request", f"{job_dir}: the job folder is a symlink; not followed", usage=False
+            )
         job_dir.mkdir(parents=True, exist_ok=True)
         stems: list[Stem] = []
         published: list[Path] = []
