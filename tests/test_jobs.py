@@ -460,9 +460,12 @@ def test_source_overwritten_while_running_fails_and_is_never_cached(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "kind", ["symlink to a folder", "dangling symlink", "symlink to a file", "file", "folder"]
+    "kind", ["symlink to a folder", "dangling symlink", "symlink to a file", "file", "folder with a file"]
 )
-def test_job_folder_must_be_created_by_the_daemon(tmp_path: Path, source: Path, kind: str) -> None:
+def test_job_folder_must_be_the_jobs_own(tmp_path: Path, source: Path, kind: str) -> None:
+    """A symlink (to a folder, to a file, dangling), a file or a folder holding files where the
+    job's folder would go: refused before anything is written or journaled (an empty folder is
+    taken, as batch resumes rely on)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "mine.txt").write_text("precious")
@@ -479,11 +482,12 @@ def test_job_folder_must_be_created_by_the_daemon(tmp_path: Path, source: Path, 
         folder.write_text("a file")
     else:
         folder.mkdir()
+        (folder / "theirs.txt").write_text("precious")
     jobs = manager(tmp_path, FakeRunner())
     jobs.start()
     with pytest.raises(ReasamError) as exc:
         jobs.submit("taken", Request(source, "drums"), out)
-    assert exc.value.code == "bad_request" and "already exists" in exc.value.message
+    assert exc.value.code == "bad_request" and "choose another job_id" in exc.value.message
     assert sorted(p.name for p in elsewhere.iterdir()) == ["mine.txt"]
     assert (elsewhere / "mine.txt").read_text() == "precious"
     assert not (tmp_path / "nothing").exists()

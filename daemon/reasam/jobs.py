@@ -14,8 +14,9 @@ completes exactly once, and nothing acknowledged is lost.
 
 Each job has a folder `<out>/<job_id>/` with `status.json` (rewritten atomically on every change)
 and, when done, `manifest.json` (written once, by the pipeline or by the cache); see
-../shared/docs/protocol.md, "Files". The daemon creates that folder itself at submit (an existing
-path, a symlink above all, is refused), and removes from it only the files the job writes.
+../shared/docs/protocol.md, "Files". Submit creates that folder (or takes an empty one; a
+symlink, a file or a folder holding files is refused), and only the files the job writes are
+ever removed from it.
 """
 
 from __future__ import annotations
@@ -562,14 +563,21 @@ class JobManager:
             if self._queued >= self.queue_limit:
                 raise ReasamError("busy", f"the queue is full ({self.queue_limit} jobs waiting); retry later")
             try:
-                # The daemon's own folder, new: mkdir never follows a symlink, and whatever is
-                # there already (a folder, a file, a symlink) may be someone else's.
+                # mkdir never follows a symlink; what is there already may be someone else's.
                 job.job_dir.mkdir()
             except FileExistsError:
-                raise ReasamError(
-                    "bad_request",
-                    f"{job.job_dir}: already exists; each job gets a new folder, so choose another job_id",
-                ) from None
+                if not stat.S_ISDIR(os.lstat(job.job_dir).st_mode):
+                    raise ReasamError(
+                        "bad_request",
+                        f"{job.job_dir}: already exists and is not a folder (a symlink or a file); "
+                        "choose another job_id",
+                    ) from None
+                if any(job.job_dir.iterdir()):
+                    raise ReasamError(
+                        "bad_request",
+                        f"{job.job_dir}: a job folder with this id already holds files; "
+                        "choose another job_id",
+                    ) from None
             except OSError as exc:
                 raise output_error(exc, job.job_dir, out_root) from None
             try:
