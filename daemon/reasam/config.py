@@ -344,7 +344,7 @@ def read_token(path: Path, tighten: bool = False) -> str:
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 path.chmod(0o600)
                 log.warning(
-                    "token file %s was readable by others (mode %o); made owner-only (0600)",
+                    "token file %s was open to group or others (mode %o); made owner-only (0600)",
                     path,
                     stat.S_IMODE(mode),
                 )
