@@ -374,7 +374,9 @@ def test_a_blocked_decoder_dies_with_its_limit_even_when_its_parent_is_killed(tm
     """kill -9 of the process that started the decode (the daemon) leaves nobody to kill the
     decoder at its time limit: the limit must hold on its own."""
     playlist = _hls_with_a_fifo(tmp_path / "hls")
-    parent = subprocess.Popen([sys.executable, "-c", _DECODE_IN_A_CHILD, str(playlist)])
+    (tmp_path / "tmp").mkdir()  # the killed process leaves its decode folder: keep it in here
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    parent = subprocess.Popen([sys.executable, "-c", _DECODE_IN_A_CHILD, str(playlist)], env=env)
     try:
         deadline = time.monotonic() + 60
         decoders: list[psutil.Process] = []
