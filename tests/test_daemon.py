@@ -411,6 +411,8 @@ def test_200_queued_requests_fifo(daemon: Daemon, home: Path) -> None:
                 client.send("/reasam/separate", *args[job_id])
         assert answered >= set(ids)
     wait_for(lambda: all(read_status(daemon.out / j)["state"] == "done" for j in ids), timeout=120, step=0.5)
+    # status.json turns "done" just before the worker logs it: wait for the last log line too.
+    wait_for(lambda: len(re.findall(r"job q\d{3} done", daemon.log.read_text())) >= len(ids), timeout=30)
     log = daemon.log.read_text()
     queued = re.findall(r"job (q\d{3}) queued", log)
     done = re.findall(r"job (q\d{3}) done", log)

@@ -413,6 +413,7 @@ class JobManager:
         runner: Runner | None = None,
         device_of: Callable[[Request], str] | None = None,
         after_job: Callable[[], None] | None = None,
+        ready: threading.Event | None = None,
     ) -> None:
         self.journal = Journal(journal_path)
         self.cache = cache
@@ -420,6 +421,10 @@ class JobManager:
         self._runner = runner or _default_runner
         self._device_of = device_of or _default_device
         self._after_job = after_job
+        # Set once the code jobs run is imported. The daemon imports it on a thread of its own
+        # (pings are answered meanwhile); a worker importing the same modules at the same time
+        # can see half-initialised ones (scipy's lazy submodules), so workers wait for it.
+        self._ready = ready
         self._cond = threading.Condition(threading.RLock())
         self._jobs: dict[str, Job] = {}  # active jobs only; finished ones live in the journal
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
@@ -771,6 +776,8 @@ class JobManager:
                 self._cond.wait(1.0)
 
     def _work(self, device: str) -> None:
+        if self._ready is not None:
+            self._ready.wait()
         while True:
             job = self._next(device)
             if job is None:

@@ -267,6 +267,7 @@ class ModelBridge:
         self.manager: Any = None
         self.loading = False
         self._engine_names: list[str] | None = None
+        self.imported = threading.Event()  # engine and pipeline code imported (JobManager waits)
 
     def configure(self) -> None:
         """Give the SAM model manager the daemon's keep-alive (config file / env / flag)."""
@@ -294,11 +295,14 @@ class ModelBridge:
 
     def warm(self, preload_engine: str | None) -> None:
         """Import engine code (and, if asked, load a model) off the request path."""
-        from . import engines
-
         self.loading = preload_engine is not None
         try:
-            self._engine_names = self._usable(engines)
+            try:
+                from . import engines, pipeline  # noqa: F401  (pipeline: imported here, once)
+
+                self._engine_names = self._usable(engines)
+            finally:
+                self.imported.set()
             if preload_engine is not None:
                 names = self._engine_names
                 name = preload_engine if preload_engine != "auto" else (names[0] if names else None)
@@ -839,7 +843,9 @@ def serve(settings: config.Settings) -> int:
         cache = open_cache(settings.cache_dir, settings.cache_mb << 20) if settings.cache_mb > 0 else None
         bridge = ModelBridge(settings.keep_alive, settings.quality)
         bridge.configure()  # before any engine exists: the SAM engine captures the manager
-        manager = JobManager(settings.journal_path, cache, settings.queue_limit, after_job=bridge.tick)
+        manager = JobManager(
+            settings.journal_path, cache, settings.queue_limit, after_job=bridge.tick, ready=bridge.imported
+        )
         server = Server(sock, settings, manager, token, bridge)
         manager.subscribe(server.on_event)
         from .watch import attach
