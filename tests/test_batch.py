@@ -111,6 +111,28 @@ def no_partials(out: Path) -> None:
 # In process
 
 
+def kill_9_after(cmd: list[str], tmp_path: Path, out: Path, rows_done: int) -> list[dict[str, Any]]:
+    """Run a batch and kill -9 it once its record shows `rows_done` finished rows; returns the
+    record's finished rows as the killed batch left them."""
+    proc = subprocess.Popen(cmd, env=clean_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        done: list[dict[str, Any]] = []
+        while len(done) < rows_done:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the batch did not get going"
+            time.sleep(0.02)
+            if (out / RECORD_NAME).exists():
+                done = [x for x in record_lines(out) if x["state"] == "done"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return [x for x in record_lines(out) if x["state"] == "done"]
+
+
 def test_bad_rows_are_reported_and_the_batch_goes_on(tmp_path: Path) -> None:
     data = tmp_path / "data"
     names = clips(data, 3)
@@ -222,25 +244,7 @@ def test_kill_9_half_way_then_resume(tmp_path: Path) -> None:
     rows = [{"input": n, "prompt": "drums", "engine": "dsp", "quality": "best"} for n in names]
     manifest = write_manifest(data / "manifest.csv", rows)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        batch_cmd(manifest, out, "-q"), env=clean_env(tmp_path), stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        done: list[dict[str, Any]] = []
-        while len(done) < 3:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the batch did not get going"
-            time.sleep(0.02)
-            if (out / RECORD_NAME).exists():
-                done = [x for x in record_lines(out) if x["state"] == "done"]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    done = [x for x in record_lines(out) if x["state"] == "done"]
+    done = kill_9_after(batch_cmd(manifest, out, "-q"), tmp_path, out, rows_done=3)
     assert 3 <= len(done) < len(rows), "kill -9 came too late to leave rows undone"
     finished = {x["folder"]: snapshot(out / x["folder"]) for x in done}
 
@@ -374,22 +378,7 @@ def test_via_daemon_kill_9_of_the_batch_then_resume(tmp_path: Path, daemon: Daem
     )
     out = tmp_path / "out"
     flags = ("--via-daemon", "--port", str(daemon.port), "--token-file", str(daemon.token_file), "-q")
-    proc = subprocess.Popen(batch_cmd(manifest, out, *flags), env=clean_env(tmp_path))
-    try:
-        deadline = time.monotonic() + 120
-        done: list[dict[str, Any]] = []
-        while len(done) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-            if (out / RECORD_NAME).exists():
-                done = [x for x in record_lines(out) if x["state"] == "done"]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    done = [x for x in record_lines(out) if x["state"] == "done"]
+    done = kill_9_after(batch_cmd(manifest, out, *flags), tmp_path, out, rows_done=2)
     assert len(done) < len(names)
     finished = {x["folder"]: snapshot(out / x["folder"]) for x in done}
     res = run_batch(tmp_path, manifest, out, *flags)
