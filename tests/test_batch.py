@@ -303,6 +303,99 @@ def test_resume_survives_a_move_and_an_edited_input_is_redone(tmp_path: Path) ->
     assert [x["status"] for x in summary(moved / "out")["lines"]] == ["skipped"] * 3
 
 
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_rerun_never_clears_through_a_symlink(tmp_path: Path) -> None:
+    """A job folder the user moved elsewhere and left a symlink to: a rerun neither deletes
+    anything there (outside the output root) nor writes through the link; it redoes the row in
+    a fresh folder, and the next run finds it done."""
+    data = tmp_path / "data"
+    names = clips(data, 1)
+    manifest = write_manifest(data / "m.csv", [{"input": names[0], "prompt": "drums", "engine": "dsp"}])
+    out = tmp_path / "out"
+    assert run_batch(tmp_path, manifest, out).returncode == 0
+    folder = Path(summary(out)["lines"][0]["folder"])
+    keep = tmp_path / "project" / "keep"
+    keep.parent.mkdir()
+    folder.rename(keep)
+    folder.symlink_to(keep, target_is_directory=True)
+    (keep / "drums-residual.wav").unlink()
+    (keep / ".mix.partial").write_bytes(b"the user's own")
+    before = files_of(keep)
+
+    for _ in range(2):
+        res = run_batch(tmp_path, manifest, out)
+        assert res.returncode == 0, res.stderr
+        assert files_of(keep) == before
+        assert folder.is_symlink()
+    line = summary(out)["lines"][0]
+    assert line["status"] == "skipped"  # the second rerun found the first one's work
+    redone = Path(line["folder"])
+    assert redone != folder and redone.parent == out and not redone.is_symlink()
+    assert_sums_to_input(redone, data / names[0])
+
+
+def test_a_rerun_clears_only_the_rows_own_files(tmp_path: Path) -> None:
+    """A row redone in its earlier folder: only its own stems, manifest, status and their exact
+    temporaries go; a file of the user's there (even one ending in .partial) stays, and the row
+    then takes a fresh folder."""
+    data = tmp_path / "data"
+    names = clips(data, 1)
+    manifest = write_manifest(data / "m.csv", [{"input": names[0], "prompt": "drums", "engine": "dsp"}])
+    out = tmp_path / "out"
+    assert run_batch(tmp_path, manifest, out).returncode == 0
+    folder = Path(summary(out)["lines"][0]["folder"])
+    (folder / "drums-residual.wav").unlink()
+    (folder / ".drums.wav.0123abcd.partial").write_bytes(b"a temporary of the row's")
+    (folder / ".mix.partial").write_bytes(b"the user's own")
+
+    res = run_batch(tmp_path, manifest, out)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [".mix.partial"]
+    redone = Path(summary(out)["lines"][0]["folder"])
+    assert redone == folder.with_name(f"{folder.name}-2")
+    assert_sums_to_input(redone, data / names[0])
+
+
+def test_record_folders_outside_the_root_are_refused(tmp_path: Path) -> None:
+    """The record travels with the outputs, so its folders are not trusted: one that is
+    absolute or climbs out of the root with `..` is neither taken as done nor cleared."""
+    data = tmp_path / "data"
+    names = clips(data, 2)
+    manifest = write_manifest(
+        data / "m.csv", [{"input": n, "prompt": "drums", "engine": "dsp"} for n in names]
+    )
+    out = tmp_path / "out"
+    assert run_batch(tmp_path, manifest, out).returncode == 0
+    lines = summary(out)["lines"]
+    keys = {x["folder"]: x["key"] for x in record_lines(out)}
+    victims = []
+    for n, line in enumerate(lines):
+        folder = Path(line["folder"])
+        victim = tmp_path / f"victim{n}"
+        folder.rename(victim)  # a complete copy of the row's results, outside the root
+        (victim / ".drums.wav.0123abcd.partial").write_bytes(b"not the batch's")
+        victims.append((victim, files_of(victim)))
+    forged = [
+        {"key": keys[lines[0]["folder"].removeprefix(f"{out}/")], "folder": "../victim0", "state": "done"},
+        {"key": keys[lines[1]["folder"].removeprefix(f"{out}/")], "folder": str(tmp_path / "victim1"),
+         "state": "start"},
+    ]  # fmt: skip
+    with open(out / RECORD_NAME, "a") as fh:
+        fh.writelines(json.dumps(x) + "\n" for x in forged)
+
+    res = run_batch(tmp_path, manifest, out)
+    assert res.returncode == 0, res.stderr
+    again = summary(out)["lines"]
+    assert [x["status"] for x in again] == ["done", "done"]
+    for line in again:
+        assert Path(line["folder"]).parent == out
+    for victim, files in victims:
+        assert files_of(victim) == files
+
+
 # ---------------------------------------------------------------------------------------------
 # Via the daemon
 

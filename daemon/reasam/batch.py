@@ -18,6 +18,8 @@ import contextlib
 import csv
 import io
 import json
+import os
+import stat
 import sys
 import threading
 import time
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .batch_rows import Record, Row, clear_own, read_manifest
+from .batch_rows import Record, Row, read_manifest
 from .batch_runners import Outcome, RayPlan, Task, ray_missing, run_in_process, run_on_ray, run_via_daemon
 from .errors import ReasamError
 from .request import encode_request
@@ -295,37 +297,48 @@ def _plan(
         first_of[row.key] = line
         finished = record.finished(row.key)
         if finished is not None:
-            line.status, line.folder, line.seconds = "skipped", str(root / finished.folder), finished.seconds
+            line.status, line.folder, line.seconds = "skipped", str(finished), record.entries[row.key].seconds
             progress.row(line)
             continue
-        folder = _folder(row, parent, record, root, still_running)
+        folder = _folder(row, parent, record, still_running)
         line.folder = str(folder)
         record.write(row.key, str(folder.relative_to(root)), "start")
         by_key[row.key] = Task(row.key, folder.name, str(folder.parent), encode_request(row.request))
     return list(by_key.values()), by_key
 
 
-def _folder(
-    row: Row, parent: Path, record: Record, root: Path, still_running: Callable[[str], bool] | None
-) -> Path:
-    """The row's job folder: the one the record gave it before (cleared of its own partial
-    files, unless the daemon is still at it), else `<input>-<prompt>-<key>`, with -2, -3… when
-    a folder of that name holds anything not the batch's own (never written into, never
-    removed)."""
+def _folder(row: Row, parent: Path, record: Record, still_running: Callable[[str], bool] | None) -> Path:
+    """The row's job folder: the one the record gave it before, if it is a folder of the output
+    root (followed as it is while the daemon is still at it; else cleared of the row's own files
+    and taken again unless anything else is left there), else `<input>-<prompt>-<key>`, with -2,
+    -3… past names that hold anything (never written into, never removed) or that are not
+    folders of their own (symlinks, files)."""
+    from .jobs import clear_job_folder
+
     assert row.request is not None
     entry = record.entries.get(row.key)
-    if entry is not None:
-        earlier = root / entry.folder
-        if still_running is not None and earlier.parent == parent and still_running(earlier.name):
+    earlier = record.folder(entry) if entry is not None else None
+    if earlier is not None and earlier.parent == parent:
+        if still_running is not None and still_running(earlier.name):
             return earlier
-        if clear_own(row.request, earlier):
+        if clear_job_folder(row.request, earlier):
             return earlier
     name = row.folder_name(parent)
     for n in range(1, 1000):
         folder = parent / (name if n == 1 else f"{name}-{n}")
-        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        if _free(folder):
             return folder
     raise ReasamError("internal", f"{parent}: too many folders named {name}")
+
+
+def _free(folder: Path) -> bool:
+    """Absent, or an empty folder of its own (not a symlink to one)."""
+    try:
+        return stat.S_ISDIR(os.lstat(folder).st_mode) and not any(folder.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _write_summary(

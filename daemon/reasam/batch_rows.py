@@ -194,6 +194,8 @@ class Record:
         for line in text.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 data = json.loads(line)
+                if not isinstance(data["folder"], str) or not isinstance(data["state"], str):
+                    continue  # not a line this program wrote
                 self.entries[data["key"]] = Entry(data["folder"], data["state"], data.get("seconds"))
         return bool(text) and not text.endswith("\n")
 
@@ -205,12 +207,33 @@ class Record:
             os.fsync(self._fh.fileno())
             self.entries[key] = Entry(folder, state, seconds)
 
-    def finished(self, key: str) -> Entry | None:
-        """The entry of a row done earlier whose results are all still on disk, else None."""
+    def folder(self, entry: Entry) -> Path | None:
+        """The entry's folder, or None if it is not a folder of this output root.
+
+        The record travels with the outputs and is not trusted: a folder written absolute, with
+        `..`, or that resolves outside the root (a symlink, in its place or above it) is refused;
+        so is a folder that is itself a symlink, even to somewhere inside the root. Such a row
+        is redone in a fresh folder, and nothing is read, cleared or written through the link.
+        """
+        part = PurePath(entry.folder)
+        if not entry.folder or part.is_absolute() or ".." in part.parts:
+            return None
+        folder = self.root / part
+        try:
+            real, root = folder.resolve(), self.root.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            return None
+        if real == root or not real.is_relative_to(root) or folder.is_symlink():
+            return None
+        return folder
+
+    def finished(self, key: str) -> Path | None:
+        """The folder of a row done earlier whose results are all still on disk, else None."""
         entry = self.entries.get(key)
         if entry is None or entry.state != "done":
             return None
-        return entry if complete(self.root / entry.folder) else None
+        folder = self.folder(entry)
+        return folder if folder is not None and complete(folder) else None
 
     def close(self) -> None:
         with self._lock:
@@ -228,27 +251,3 @@ def complete(folder: Path) -> bool:
         return all((folder / Path(s["path"]).name).is_file() for s in manifest["stems"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def own_files(request: Request, folder: Path) -> set[str]:
-    """The names a run of `request` writes into its folder: what a rerun may remove there."""
-    from .pipeline import stem_files
-
-    return {p.name for p in stem_files(request, folder).values()} | {"manifest.json", "status.json"}
-
-
-def clear_own(request: Request, folder: Path) -> bool:
-    """Remove what an interrupted run of `request` left in its folder; True if the folder is then
-    empty (or absent). Anything else in it (a file the user put there) is left alone, and the
-    caller then picks another folder."""
-    if not folder.is_dir():
-        return not folder.exists()
-    names = own_files(request, folder)
-    for entry in folder.iterdir():
-        ours = entry.name in names or (
-            entry.name.startswith(".") and entry.name.endswith(".partial") and entry.is_file()
-        )
-        if ours:
-            with contextlib.suppress(OSError):
-                entry.unlink()
-    return not any(folder.iterdir())

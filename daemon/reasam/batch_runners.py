@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .batch_rows import clear_own
 from .errors import NoAnswer, ReasamError
 from .request import decode_request
 
@@ -59,14 +58,21 @@ def run_task(task: Task) -> Outcome:
     import socket
 
     from . import pipeline
+    from .jobs import clear_job_folder
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started = time.monotonic()
     try:
         request = decode_request(task.request)
         # The folder is the batch's own (recorded before the task was handed out): a retry after
-        # a lost actor starts from what that attempt may have left.
-        clear_own(request, task.job_dir)
+        # a lost actor starts from what that attempt may have left. Anything else there now (or
+        # a symlink in its place) is not written into.
+        if not clear_job_folder(request, task.job_dir):
+            raise ReasamError(
+                "bad_request",
+                f"{task.job_dir}: holds files not of this row, or is not a folder; the next run "
+                "takes another folder",
+            )
         task.job_dir.mkdir(parents=True, exist_ok=True)
         pipeline.run(request, task.job_dir, task.job_id)
         return Outcome(task.key, True, round(time.monotonic() - started, 3), worker=worker)

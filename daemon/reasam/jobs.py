@@ -319,29 +319,43 @@ def _check_source(path: Path) -> None:
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial")
 
 
-def _own_files(job: Job) -> set[str]:
-    """Names of the files a job writes into its folder besides status.json: its stems and
-    manifest (by the pipeline or the cache). Their temporaries are `audio.temp_name`s of these
-    and of status.json."""
+def _own_files(request: Request, job_dir: Path) -> set[str]:
+    """Names of the files a job of `request` writes into its folder besides status.json: its
+    stems and manifest (by the pipeline or the cache). Their temporaries are `audio.temp_name`s
+    of these and of status.json."""
     from .pipeline import stem_files
 
-    return {path.name for path in stem_files(job.request, job.job_dir).values()} | {"manifest.json"}
+    return {path.name for path in stem_files(request, job_dir).values()} | {"manifest.json"}
 
 
 def clear_outputs(job: Job) -> None:
-    """Remove what a run of `job` wrote in its folder (stems, manifest, temporaries), nothing else.
+    """Remove what a run of `job` wrote in its folder (stems, manifest, temporaries), nothing else."""
+    _clear_own_files(job.job_dir, _own_files(job.request, job.job_dir))
 
-    Only names the job itself writes are removed, so a file someone else put there survives.
-    The folder is opened with O_NOFOLLOW and entries are unlinked relative to it: a job folder
-    replaced by a symlink is not followed, and a symlink inside is removed as a link, never
-    followed. Folders inside are never removed.
+
+def clear_job_folder(request: Request, job_dir: Path) -> bool:
+    """Remove everything a job of `request` leaves in its folder, status.json included, so that
+    the folder can be taken again (a batch redoing a row); True if it is then empty or absent,
+    False if anything else is there or it is not a folder of its own (a symlink, a file)."""
+    return _clear_own_files(job_dir, _own_files(request, job_dir) | {"status.json"})
+
+
+def _clear_own_files(folder: Path, own: set[str]) -> bool:
+    """Remove the files named in `own` and the temporaries of those and of status.json from
+    `folder`, nothing else; True if the folder is then empty or absent.
+
+    Only these names are removed, so a file someone else put there survives. The folder is
+    opened with O_NOFOLLOW and entries are unlinked relative to it: a folder replaced by a
+    symlink is not followed (False: not a folder of its own), and a symlink inside is removed as
+    a link, never followed. Folders inside are never removed.
     """
-    own = _own_files(job)
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(job.job_dir, flags)
+        fd = os.open(folder, flags)
+    except FileNotFoundError:
+        return True
     except OSError:
-        return  # gone, or not a folder of its own (a symlink): nothing of the job's to remove
+        return False  # not a folder of its own (a symlink, a file): nothing of a job's to remove
     try:
         for name in os.listdir(fd):
             temp = _TEMPORARY.fullmatch(name)
@@ -349,6 +363,7 @@ def clear_outputs(job: Job) -> None:
                 with contextlib.suppress(OSError):
                     if not _is_dir_at(name, fd):
                         os.unlink(name, dir_fd=fd)
+        return not os.listdir(fd)
     finally:
         os.close(fd)
 
