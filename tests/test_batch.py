@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from reasam.batch_rows import RECORD_NAME
+from reasam.errors import ReasamError
 
-from tests.test_daemon import Daemon, clean_env, write_noise
+from tests.test_daemon import Daemon, clean_env, wait_for, write_noise
 
 PYTHON = sys.executable
 
@@ -491,6 +492,86 @@ def test_via_daemon_kill_9_of_the_batch_then_resume(tmp_path: Path, daemon: Daem
     with daemon.client() as client:
         overview = client.status()
     assert overview["jobs"].get("done") == len(names) and overview["jobs"].get("error") is None
+
+
+def test_via_daemon_a_row_with_results_missing_is_redone(tmp_path: Path, daemon: Daemon) -> None:
+    """A row done earlier whose stem was deleted since: the daemon still holds its job id as
+    done, so the rerun sends it under a new id (a new folder) and the results are complete."""
+    data = tmp_path / "data"
+    names = clips(data, 2)
+    manifest = write_manifest(
+        data / "m.csv", [{"input": n, "prompt": "drums", "engine": "dsp"} for n in names]
+    )
+    out = tmp_path / "out"
+    flags = ("--via-daemon", "--port", str(daemon.port), "--token-file", str(daemon.token_file))
+    assert run_batch(tmp_path, manifest, out, *flags).returncode == 0
+    first = summary(out)["lines"]
+    (Path(first[0]["folder"]) / "drums-residual.wav").unlink()
+
+    res = run_batch(tmp_path, manifest, out, *flags)
+    assert res.returncode == 0, res.stderr
+    again = summary(out)["lines"]
+    assert [x["status"] for x in again] == ["done", "skipped"]
+    assert_sums_to_input(Path(again[0]["folder"]), data / names[0])
+    assert again[0]["folder"] != first[0]["folder"] and again[1]["folder"] == first[1]["folder"]
+    assert not Path(first[0]["folder"]).exists()  # the incomplete results were the row's own
+    res = run_batch(tmp_path, manifest, out, *flags)
+    assert [x["status"] for x in summary(out)["lines"]] == ["skipped", "skipped"]
+
+
+def test_via_daemon_failed_and_cancelled_rows_are_tried_again(tmp_path: Path, daemon: Daemon) -> None:
+    """The daemon holds a job id to its outcome for weeks: a row that failed or was cancelled
+    there goes back under a new job id (recorded in its start line), so it really runs again."""
+    data = tmp_path / "data"
+    names = clips(data, 1)
+    (data / "broken.wav").write_bytes(b"RIFF not really a wave file" * 100)
+    manifest = write_manifest(
+        data / "m.csv",
+        [
+            {"input": names[0], "prompt": "drums", "engine": "dsp"},
+            {"input": "broken.wav", "prompt": "drums", "engine": "dsp"},
+        ],
+    )
+    out = tmp_path / "out"
+    flags = ("--via-daemon", "--port", str(daemon.port), "--token-file", str(daemon.token_file), "-q")
+    long_wav = write_noise(tmp_path / "long.wav", 40.0, rate=44100, seed=3)
+    with daemon.client() as client:
+        # A person's request keeps the daemon's one CPU worker busy: the rows wait behind it.
+        client.send("/reasam/separate", "blocker", str(long_wav), "drums", "engine", "dsp", *client.auth())
+        proc = subprocess.Popen(
+            batch_cmd(manifest, out, *flags), env=clean_env(tmp_path), stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_for(lambda: len([x for x in record_lines(out) if x["state"] == "start"]) == 2, timeout=60)
+            job_id = Path(record_lines(out)[0]["folder"]).name
+
+            def queued() -> bool:
+                with contextlib.suppress(ReasamError):  # not_found until the batch has sent it
+                    return client.status(job_id)["state"] == "queued"
+                return False
+
+            wait_for(queued, timeout=30)
+            client.cancel(job_id)
+            client.cancel("blocker")
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 1, err
+    first = summary(out)["lines"]
+    assert [x["code"] for x in first] == ["cancelled", "unsupported_format"], first
+
+    res = run_batch(tmp_path, manifest, out, *flags)
+    assert res.returncode == 1, res.stderr
+    again = summary(out)["lines"]
+    assert [x["status"] for x in again] == ["done", "failed"]
+    assert_sums_to_input(Path(again[0]["folder"]), data / names[0])
+    starts = [x["folder"] for x in record_lines(out) if x["state"] == "start"]
+    assert len(starts) == len(set(starts)) == 4  # every attempt under a job id of its own
+    with daemon.client() as client:
+        jobs = client.status()["jobs"]
+    assert (jobs.get("cancelled"), jobs.get("error")) == (2, 2)  # the blocker, the row; the broken row twice
 
 
 def test_osc_priority_key_is_checked(tmp_path: Path, daemon: Daemon) -> None:

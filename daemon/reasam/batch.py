@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .batch_rows import Record, Row, read_manifest
+from .batch_rows import Record, Row, complete, read_manifest
 from .batch_runners import Outcome, RayPlan, Task, ray_missing, run_in_process, run_on_ray, run_via_daemon
 from .errors import ReasamError
 from .request import encode_request
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
         if args.via_daemon:
             client = stack.enter_context(client_factory(args))
             client.ping()  # no daemon: fail at once (exit 3), not after the first timeout
-        tasks, by_key = _plan(rows, lines, record, root, progress, _daemon_has(client) if client else None)
+        tasks, by_key = _plan(rows, lines, record, root, progress, _daemon_state(client) if client else None)
         progress.note(
             f"{len(rows)} rows: {len(tasks)} to run {where}; {len(rows) - len(tasks)} done earlier, "
             "repeated or bad"
@@ -255,17 +255,20 @@ def run(args: argparse.Namespace, client_factory: Callable[[argparse.Namespace],
     return EXIT_OK if summary["counts"]["failed"] == 0 and summary["counts"]["pending"] == 0 else EXIT_FAILED
 
 
-def _daemon_has(client: Any) -> Callable[[str], bool]:
-    """Whether the daemon still has a job of an interrupted batch (queued, running or done):
-    its folder is then left as it is, and the batch follows the job instead of redoing it."""
+def _daemon_state(client: Any) -> Callable[[str], str | None]:
+    """The state of the daemon's job with this id (queued, running, done, error, cancelled), or
+    None if it has none. The daemon holds a job id to its outcome for weeks (its journal), so a
+    row sent again under an id the daemon has finished with would only get that old outcome."""
 
-    def has(job_id: str) -> bool:
+    def state(job_id: str) -> str | None:
         try:
-            return client.status(job_id).get("state") in ("queued", "running", "done")
-        except ReasamError:
-            return False
+            return client.status(job_id).get("state")
+        except ReasamError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
 
-    return has
+    return state
 
 
 def _plan(
@@ -274,7 +277,7 @@ def _plan(
     record: Record,
     root: Path,
     progress: Progress,
-    still_running: Callable[[str], bool] | None = None,
+    daemon_state: Callable[[str], str | None] | None = None,
 ) -> tuple[list[Task], dict[str, Task]]:
     """Settle what needs no work (bad rows, rows done earlier, repeats of a row) and give every
     other row a folder of its own; the record's `start` line makes that folder the batch's."""
@@ -300,33 +303,42 @@ def _plan(
             line.status, line.folder, line.seconds = "skipped", str(finished), record.entries[row.key].seconds
             progress.row(line)
             continue
-        folder = _folder(row, parent, record, still_running)
+        folder = _folder(row, parent, record, daemon_state)
         line.folder = str(folder)
         record.write(row.key, str(folder.relative_to(root)), "start")
         by_key[row.key] = Task(row.key, folder.name, str(folder.parent), encode_request(row.request))
     return list(by_key.values()), by_key
 
 
-def _folder(row: Row, parent: Path, record: Record, still_running: Callable[[str], bool] | None) -> Path:
-    """The row's job folder: the one the record gave it before, if it is a folder of the output
-    root (followed as it is while the daemon is still at it; else cleared of the row's own files
-    and taken again unless anything else is left there), else `<input>-<prompt>-<key>`, with -2,
-    -3… past names that hold anything (never written into, never removed) or that are not
-    folders of their own (symlinks, files)."""
+def _folder(row: Row, parent: Path, record: Record, daemon_state: Callable[[str], str | None] | None) -> Path:
+    """The row's job folder, whose name is also its job id via the daemon.
+
+    The one the record gave it before, if it is a folder of the output root: followed as it is
+    while the daemon's job of that id is queued or running, or done with every result on disk;
+    else cleared of the row's own files and taken again, unless anything else is left there or
+    the daemon has finished with that id (an error, a cancel, or done with results missing since:
+    the daemon would only answer with that old outcome). Otherwise a fresh folder
+    `<input>-<prompt>-<key>`, with -2, -3… past names that hold anything (never written into,
+    never removed), that are not folders of their own (symlinks, files) or that the daemon knows.
+    """
     from .jobs import clear_job_folder
 
     assert row.request is not None
     entry = record.entries.get(row.key)
     earlier = record.folder(entry) if entry is not None else None
     if earlier is not None and earlier.parent == parent:
-        if still_running is not None and still_running(earlier.name):
+        state = daemon_state(earlier.name) if daemon_state is not None else None
+        if state in ("queued", "running") or (state == "done" and complete(earlier)):
             return earlier
         if clear_job_folder(row.request, earlier):
-            return earlier
+            if state is None:
+                return earlier
+            with contextlib.suppress(OSError):
+                earlier.rmdir()  # an empty folder left behind would only puzzle
     name = row.folder_name(parent)
     for n in range(1, 1000):
         folder = parent / (name if n == 1 else f"{name}-{n}")
-        if _free(folder):
+        if _free(folder) and (daemon_state is None or daemon_state(folder.name) is None):
             return folder
     raise ReasamError("internal", f"{parent}: too many folders named {name}")
 
