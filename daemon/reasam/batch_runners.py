@@ -95,8 +95,9 @@ def _labelled(report: Report, worker: str) -> Report:
 
 
 def run_in_process(tasks: list[Task], report: Report) -> None:
-    """Through the jobs layer, as the daemon does: one worker per device (two GPUs run two rows
-    at once, CPU rows one at a time), each job with its status.json. The journal lives in
+    """Through the jobs layer, as the daemon does: one worker per device, so one row at a time
+    on the GPU (the engines use one device per process: several GPUs need `--ray`) beside one on
+    the CPU, each job with its status.json. The journal lives in
     memory: the resume record is the batch's durable memory, and a job interrupted by kill -9
     is redone from the record."""
     from .jobs import JobManager, Priority
