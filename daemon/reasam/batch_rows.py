@@ -221,7 +221,7 @@ class Record:
         folder = self.root / part
         try:
             real, root = folder.resolve(), self.root.resolve()
-        except (OSError, RuntimeError):  # a symlink loop
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL in the name
             return None
         if real == root or not real.is_relative_to(root) or folder.is_symlink():
             return None
