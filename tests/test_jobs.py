@@ -390,6 +390,37 @@ def test_a_job_that_stopped_the_daemon_again_and_again_is_failed(tmp_path: Path,
     jobs.shutdown()
 
 
+def test_graceful_stops_do_not_count_towards_the_crash_limit(tmp_path: Path, source: Path) -> None:
+    """A long job interrupted by two normal stops, then killed once while it runs: it runs
+    again at the next start, for only one stop of the three was a crash."""
+    out = tmp_path / "out"
+    runners = []
+    for stop in range(MAX_ATTEMPTS - 1):
+        runner = FakeRunner(block_first=True)
+        jobs = manager(tmp_path, runner)
+        recovered = jobs.start()
+        if stop == 0:
+            jobs.submit("long", Request(source, "drums"), out)
+        else:
+            assert recovered == ["long"]
+        assert runner.started.wait(5)
+        assert jobs.shutdown(grace=0.1) == ["long"]  # interrupted, journaled for the next start
+    runner = FakeRunner(block_first=True, deaf=True)
+    runners.append(runner)
+    jobs = manager(tmp_path, runner)
+    assert jobs.start() == ["long"]
+    assert runner.started.wait(5)
+    jobs.journal.close()  # killed while it runs
+    runner = FakeRunner()
+    jobs = manager(tmp_path, runner)
+    assert jobs.start() == ["long"]
+    assert jobs.wait_idle(10)
+    assert jobs.status("long")["state"] == "done" and runner.order == ["long"]
+    for blocked in runners:
+        blocked.release.set()
+    jobs.shutdown()
+
+
 def test_cancel_and_stop_reach_a_job_whose_decoder_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

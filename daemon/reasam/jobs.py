@@ -57,7 +57,8 @@ INTERRUPT_WAIT = 30.0
 # Finished jobs stay in the journal (for idempotent retries and `status`) this long.
 RETENTION_SECONDS = 30 * 24 * 3600
 # A job that was running this many times when the daemon died (a crash, a kill, a hang ended by
-# a kill) is failed at the next start instead of being run again for ever.
+# a kill) is failed at the next start instead of being run again for ever. Runs that a normal
+# stop interrupted do not count (`_requeue_for_restart`).
 MAX_ATTEMPTS = 3
 
 
@@ -921,11 +922,16 @@ class JobManager:
         return key, result
 
     def _requeue_for_restart(self, job: Job) -> None:
-        """A job interrupted by a stopping daemon: journaled as queued, it runs at the next start."""
+        """A job interrupted by a stopping daemon: journaled as queued, it runs at the next start.
+        This run is taken back from its attempts: only runs that a crash, a kill or a hang ended
+        count towards MAX_ATTEMPTS, never a normal stop."""
         clear_outputs(job)
         job.state, job.stage, job.fraction = "queued", "queued", 0.0
+        job.attempts = max(0, job.attempts - 1)
         job.message = "interrupted by the daemon stopping; runs again at the next start"
-        self.journal.update(job.job_id, state="queued", stage="queued", message=job.message)
+        self.journal.update(
+            job.job_id, state="queued", stage="queued", message=job.message, attempts=job.attempts
+        )
         self._write_status(job)
         log.info("job %s interrupted; journaled for the next start", job.job_id)
 
