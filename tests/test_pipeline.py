@@ -458,6 +458,27 @@ def test_source_changed_while_running_fails_the_job(tmp_path: Path, keep_mtime: 
     assert _listing(tmp_path / "out" / "job") == []
 
 
+def test_metadata_changes_to_the_source_do_not_fail_the_job(tmp_path: Path) -> None:
+    """chmod and a hard link (a backup tool's) change the source's ctime, not a sample: the job
+    completes; only the region read again decides (a rewrite with its mtime put back fails,
+    test_source_changed_while_running_fails_the_job)."""
+    rate = 44100
+    x = _tone_bed(2, rate * 2, rate)
+    src = _write(tmp_path / "in.wav", x, rate)
+
+    def touch_metadata(fraction: float, stage: str) -> None:
+        if stage == "separating" and not (tmp_path / "backup.wav").exists():
+            os.chmod(src, 0o600)
+            os.link(src, tmp_path / "backup.wav")
+
+    result = pipeline.run(
+        Request(src, "drums", engine="dsp"), tmp_path / "out" / "job", "job", progress=touch_metadata
+    )
+    assert (tmp_path / "backup.wav").exists()
+    stems = _stems(result)
+    assert np.abs(stems["target"] + stems["residual"] - x).max() < 1e-5
+
+
 def test_output_folder_removed_mid_job_says_so(tmp_path: Path) -> None:
     src = _write(tmp_path / "in.wav", _tone_bed(2, 44100 * 70, 44100), 44100)
     job = tmp_path / "out" / "job"

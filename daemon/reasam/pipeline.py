@@ -89,24 +89,35 @@ def feed_region(hasher: Any, block: np.ndarray) -> None:
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
-    """What changes when a file is written to: ctime too, which no tool can set back."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    """What a write to the file changes (or a replacement, or a removal). Not ctime: chmod,
+    chown, an xattr or a backup tool's hard link change it without touching a sample."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def check_unchanged(source: Path, before: os.stat_result) -> None:
+def _changed(message: str, source: Path) -> ReasamError:
+    return ReasamError(
+        "bad_request",
+        f"{source}: the source changed while the job ran ({message}); "
+        "its stems would not match it, so none are kept: run the job again",
+        usage=False,
+    )
+
+
+def check_unchanged(source: Path, before: os.stat_result, rehash: Callable[[], str], digest: str) -> None:
     """Fail when `source` was written to, replaced or removed since `before` was taken: stems of
-    audio that changed under the job would not sum to the file as it is."""
+    audio that changed under the job would not sum to the file as it is.
+
+    A changed ctime alone (metadata, or a rewrite with its mtime put back) is settled by the
+    samples: `rehash()` hashes the region again and must give `digest`, the hash of what was read.
+    """
     try:
-        same = _identity(os.stat(source)) == _identity(before)
+        now = os.stat(source)
     except OSError:
-        same = False
-    if not same:
-        raise ReasamError(
-            "bad_request",
-            f"{source}: the source changed while the job ran (written to, replaced or removed); "
-            "its stems would not match it, so none are kept: run the job again",
-            usage=False,
-        )
+        raise _changed("removed", source) from None
+    if _identity(now) != _identity(before):
+        raise _changed("written to or replaced", source)
+    if now.st_ctime_ns != before.st_ctime_ns and rehash() != digest:
+        raise _changed("its samples differ from what the job read", source)
 
 
 def slug(text: str) -> str:
@@ -271,6 +282,17 @@ def _check_spans(request: Request, info: audio.AudioInfo) -> None:
             )
 
 
+def _region_digest(
+    info: audio.AudioInfo, first: int, last: int, context: int, cancelled: Callable[[], bool]
+) -> str:
+    """The region's digest read again, from a reader opened as `run` opens its own."""
+    digest = region_hasher()
+    with audio.SourceReader(info, first - context, last + context, cancelled=cancelled) as reader:
+        for pos in range(first, last, _POST_BLOCK):
+            feed_region(digest, reader.read(pos, min(_POST_BLOCK, last - pos)))
+    return digest.hexdigest()
+
+
 def run(
     request: Request,
     job_dir: Path,
@@ -371,7 +393,12 @@ def run(
                 progress(0.05 + 0.85 * chunk.emit_end / total, "separating")
             if cancelled():  # a cancel during the last chunk still wins over publishing
                 raise JobCancelled(job_id)
-            check_unchanged(request.source, source_stat)
+            check_unchanged(
+                request.source,
+                source_stat,
+                lambda: _region_digest(info, first, last, context, cancelled),
+                read.hexdigest(),
+            )
             stems = []
             for role, writer in writers.items():
                 if post.active:
