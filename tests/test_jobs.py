@@ -618,12 +618,25 @@ def test_submit_on_a_full_disk_can_be_retried_with_the_same_id(tmp_path: Path, s
     assert report["files"] == ["drums-residual.wav", "drums.wav", "manifest.json", "status.json"], report
 
 
-@pytest.mark.parametrize(("ext", "spans"), [("wav", False), ("m4a", False), ("m4a", True), ("mp3", True)])
-def test_cache_key_and_pipeline_agree_on_what_was_read(tmp_path: Path, ext: str, spans: bool) -> None:
+@pytest.mark.parametrize(
+    ("ext", "spans", "rate"),
+    [
+        ("wav", False, 44100),
+        ("m4a", False, 44100),
+        ("m4a", True, 44100),
+        ("mp3", True, 44100),
+        # An odd rate (≡ 3 mod 4): half a second of context is not a whole number of frames.
+        ("mka", False, 8003),
+        ("mka", True, 8003),
+    ],
+)
+def test_cache_key_and_pipeline_agree_on_what_was_read(
+    tmp_path: Path, ext: str, spans: bool, rate: int
+) -> None:
     """The source digest taken with the key equals the pipeline's digest of what it read, for
-    libsndfile and ffmpeg inputs, with and without spans (no job fails for nothing); audio that
-    differs from the key's is refused and not stored, even with the file's size unchanged."""
-    rate = 44100
+    libsndfile and ffmpeg inputs, with and without spans, at usual and odd rates (no job fails
+    for nothing); audio that differs from the key's is refused and not stored, even with the
+    file's size unchanged."""
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((rate * 3, 2)) * 0.1).astype(np.float32)
     wav = tmp_path / "x.wav"
@@ -631,7 +644,7 @@ def test_cache_key_and_pipeline_agree_on_what_was_read(tmp_path: Path, ext: str,
     src = wav
     if ext != "wav":
         src = tmp_path / f"x.{ext}"
-        codec = ["-c:a", "aac"] if ext == "m4a" else ["-c:a", "libmp3lame"]
+        codec = {"m4a": ["-c:a", "aac"], "mp3": ["-c:a", "libmp3lame"], "mka": ["-c:a", "libvorbis"]}[ext]
         subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), *codec, str(src)], check=True)
     request = Request(
         src,

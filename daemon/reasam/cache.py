@@ -98,7 +98,7 @@ class ResultCache:
         info = audio.probe(request.source, cancelled)
         first, last = pipeline.resolve_region(request, info)
         rate = info.sample_rate
-        pad = round(pipeline.CONTEXT_SECONDS * rate)
+        pad = pipeline.context_frames(rate)
         near = (max(0, first - pad), min(info.frames, last + pad))
         lo, hi = (0, info.frames) if request.spans else near
         digest, source = self._audio_digest(info, lo, hi, first, last, cancelled)

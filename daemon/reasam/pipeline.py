@@ -88,6 +88,13 @@ def feed_region(hasher: Any, block: np.ndarray) -> None:
     hasher.update(np.ascontiguousarray(block.T, dtype=np.float32).tobytes())
 
 
+def context_frames(rate: int) -> int:
+    """Frames of context read on each side of a region at `rate`. The one definition for the
+    pipeline and the cache key: an ffmpeg decode depends on where it starts, so both must start
+    at the same frame, or the key's digest of the region differs from what the job reads."""
+    return int(CONTEXT_SECONDS * rate)
+
+
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     """What a write to the file changes (or a replacement, or a removal). Not ctime: chmod,
     chown, an xattr or a backup tool's hard link change it without touching a sample."""
@@ -338,7 +345,7 @@ def run(
     caps = engine.capabilities
     chunk_frames = int(min(caps.chunk_seconds, caps.max_seconds - 2 * CONTEXT_SECONDS) * rate)
     overlap = int(caps.overlap_seconds * rate)
-    context = int(CONTEXT_SECONDS * rate)
+    context = context_frames(rate)
     chunks = plan(total, chunk_frames, overlap)
 
     region_start, region_end = first / rate, last / rate
