@@ -461,13 +461,15 @@ def test_source_overwritten_while_running_fails_and_is_never_cached(tmp_path: Pa
     src = tmp_path / "src.wav"
     sf.write(src, original, rate, subtype="FLOAT")
 
-    def overwriting(request: Request, job_dir: Path, job_id: str, progress: Any, cancelled: Any) -> Any:
+    def overwriting(
+        request: Request, job_dir: Path, job_id: str, progress: Any, cancelled: Any, **kw: Any
+    ) -> Any:
         def report(fraction: float, stage: str) -> None:
             if job_id == "first" and stage == "separating" and fraction < 0.5:
                 sf.write(src, original[::-1], rate, subtype="FLOAT")
             progress(fraction, stage)
 
-        return pipeline.run(request, job_dir, job_id, progress=report, cancelled=cancelled)
+        return pipeline.run(request, job_dir, job_id, progress=report, cancelled=cancelled, **kw)
 
     cache = ResultCache(tmp_path / "cache", 1 << 30)
     jobs = manager(tmp_path, overwriting, cache=cache)
@@ -487,6 +489,41 @@ def test_source_overwritten_while_running_fails_and_is_never_cached(tmp_path: Pa
     manifest = json.loads((out / "second" / "manifest.json").read_text())
     stems = [sf.read(s["path"], dtype="float32")[0] for s in manifest["stems"]]
     assert np.abs(stems[0] + stems[1] - original).max() < 1e-4
+    jobs.shutdown()
+
+
+def test_a_source_changed_after_the_cache_key_is_refused_before_anything_is_published(
+    tmp_path: Path,
+) -> None:
+    """The source changes between the cache key and the pipeline's read. The pipeline must fail
+    before it publishes: stems and a manifest published first and removed afterwards would leave,
+    after a kill -9 in between, a complete job of other audio that the next start marks done."""
+    rate = 22050
+    rng = np.random.default_rng(11)
+    original = (rng.standard_normal((rate * 2, 2)) * 0.1).astype(np.float32)
+    src = tmp_path / "src.wav"
+    sf.write(src, original, rate, subtype="FLOAT")
+    left_by_the_run: list[list[str]] = []
+
+    def changing(
+        request: Request, job_dir: Path, job_id: str, progress: Any, cancelled: Any, **kw: Any
+    ) -> Any:
+        sf.write(src, original[::-1], rate, subtype="FLOAT")  # after the key, before the read
+        try:
+            return pipeline.run(request, job_dir, job_id, progress=progress, cancelled=cancelled, **kw)
+        finally:  # what a kill -9 right after the run would leave
+            left_by_the_run.append(sorted(p.name for p in job_dir.iterdir()))
+
+    cache = ResultCache(tmp_path / "cache", 1 << 30)
+    jobs = manager(tmp_path, changing, cache=cache)
+    jobs.start()
+    jobs.submit("a", Request(src, "drums", engine="dsp"), tmp_path / "out")
+    assert jobs.wait_idle(60)
+    status = jobs.status("a")
+    assert (status["state"], status["code"]) == ("error", "bad_request"), status
+    assert "changed while" in status["message"]
+    assert "manifest.json" not in left_by_the_run[0], left_by_the_run
+    assert cache.stored_keys() == []
     jobs.shutdown()
 
 
@@ -655,15 +692,20 @@ def test_cache_key_and_pipeline_agree_on_what_was_read(
     )
     cache = ResultCache(tmp_path / "cache", 1 << 30)
     key = cache.key(request)
-    result = pipeline.run(request, tmp_path / "out" / "a", "a")
-    cache.check_source(key, result)  # raises if they disagree
+    result = pipeline.run(request, tmp_path / "out" / "a", "a", source_digest=cache.expected_digest(key))
+    assert result.source_digest == cache.expected_digest(key)
     cache.store(key, result)
     assert cache.stored_keys() == [key]
-    # The same key, but the run read other audio (as when the file changes under the job).
+    # Another key, whose audio is not what this request reads (as when the file changes under
+    # the job): the pipeline refuses it before publishing, and the cache does not keep it.
     other_key = cache.key(Request(src, request.prompt, request.spans, Region(0.5, 2.0), engine="dsp"))
     with pytest.raises(ReasamError) as exc:
-        cache.check_source(other_key, result)
+        pipeline.run(request, tmp_path / "out" / "b", "b", source_digest=cache.expected_digest(other_key))
     assert exc.value.code == "bad_request" and "changed while" in exc.value.message
+    assert sorted(p.name for p in (tmp_path / "out" / "b").iterdir()) == []
     cache.store(other_key, result)
+    # A result without a digest of what it read cannot be checked: not kept either.
+    third_key = cache.key(Request(src, request.prompt, request.spans, Region(0.6, 2.0), engine="dsp"))
+    cache.store(third_key, SimpleNamespace(stems=result.stems, manifest=result.manifest))
     assert cache.stored_keys() == [key]
     cache.close()

@@ -29,7 +29,7 @@ log = logging.getLogger("reasam.cache")
 
 CACHE_FORMAT = 2
 _HASH_BLOCK = 1 << 18
-# Source digests of keys whose jobs are still to finish (see `check_source`); a few per job.
+# Source digests of keys whose jobs are still to finish (see `expected_digest`); a few per job.
 _EXPECTED_LIMIT = 1024
 
 
@@ -60,7 +60,8 @@ class ResultCache:
 
     A source can change while its job runs. The key also yields the digest of the region's
     samples as the pipeline will read them (same bounds, so the same decode); a result whose own
-    digest of what it read differs is refused (`check_source`) and never stored.
+    digest of what it read differs fails in the pipeline before it publishes
+    (`expected_digest`) and is never stored (`store`).
     """
 
     def __init__(self, folder: Path, limit_bytes: int) -> None:
@@ -180,20 +181,12 @@ class ResultCache:
             )
         return digest, region
 
-    def check_source(self, key: str, result: Any) -> None:
-        """Fail a finished job whose run read other samples than its key was computed from: the
-        source changed in between (stems that would not sum to the file as it is now)."""
+    def expected_digest(self, key: str) -> str:
+        """The digest of the region's samples as the key saw them ("" when unknown); the job
+        passes it to `pipeline.run`, which fails a run that read anything else before it
+        publishes (the source changed in between)."""
         with self._lock:
-            expected = self._expected.get(key)
-        got = getattr(result, "source_digest", "")
-        if expected and got and got != expected:
-            source = result.manifest.get("request", {}).get("source", "the source")
-            raise ReasamError(
-                "bad_request",
-                f"{source}: the source changed while the job ran (its audio differs from what the "
-                "job started with); its stems would not match it, so none are kept: run the job again",
-                usage=False,
-            )
+            return self._expected.get(key, "")
 
     def _entry_dir(self, key: str) -> Path:
         return self.folder / key[:2] / key
@@ -278,12 +271,17 @@ class ResultCache:
 
     def store(self, key: str, result: Any) -> None:
         """Keep a finished job's stems (hard links where possible); failures only cost the entry.
-        A result whose source changed under it (`check_source`) is never kept."""
+
+        Only a result shown to have read the samples its key was computed from is kept: one
+        whose digest differs (its source changed), and one without a digest (nothing shows what
+        it read), are not. A miss costs a run; a wrong entry would serve wrong stems for ever.
+        """
         with self._lock:
             expected = self._expected.pop(key, None)
         got = getattr(result, "source_digest", "")
         if expected and got != expected:
-            log.warning("cache: %s not kept: its source changed while the job ran", key[:12])
+            reason = "its source changed while the job ran" if got else "no digest of what its job read"
+            log.warning("cache: %s not kept: %s", key[:12], reason)
             return
         try:
             self._store(key, result)

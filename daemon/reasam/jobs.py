@@ -854,20 +854,21 @@ class JobManager:
                 if job.attempts > 1:
                     clear_outputs(job)
                 began = time.monotonic()
+                checks: dict[str, str] = {}
+                if self.cache is not None and key is not None:
+                    # The samples the key was computed from: the pipeline fails a run that read
+                    # others before it publishes anything (the source changed in between).
+                    checks["source_digest"] = self.cache.expected_digest(key)
                 result = self._runner(
                     job.request,
                     job.job_dir,
                     job.job_id,
                     progress=self._progress(job),
                     cancelled=self._cancelled(job),
+                    **checks,
                 )
                 job.timing["pipeline"] = round(time.monotonic() - began, 4)
                 if self.cache is not None and key is not None:
-                    try:
-                        self.cache.check_source(key, result)
-                    except ReasamError:
-                        clear_outputs(job)
-                        raise
                     self.cache.store(key, result)  # kept even if cancelled below: a retry is free
             if job.cancel_requested:
                 # Asked to stop after its last chunk had begun (a one-chunk job cannot stop

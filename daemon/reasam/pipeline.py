@@ -306,8 +306,13 @@ def run(
     job_id: str,
     progress: Progress = _no_progress,
     cancelled: Callable[[], bool] = _never,
+    source_digest: str = "",
 ) -> Result:
     """Separate `request` into `job_dir` (created if missing); return the stems and manifest.
+
+    `source_digest`, when given, is the digest (`Result.source_digest`) the region must have:
+    the result cache computed its key from those samples. A run that read other audio fails
+    before anything is published, so no crash can leave a complete job of changed audio.
 
     Raises ReasamError for anything the user can fix or should know, JobCancelled when
     `cancelled()` turns true at a chunk boundary. Either way no stem is left under its final
@@ -400,6 +405,8 @@ def run(
                 progress(0.05 + 0.85 * chunk.emit_end / total, "separating")
             if cancelled():  # a cancel during the last chunk still wins over publishing
                 raise JobCancelled(job_id)
+            if source_digest and read.hexdigest() != source_digest:
+                raise _changed("its audio differs from what the job started with", request.source)
             check_unchanged(
                 request.source,
                 source_stat,
