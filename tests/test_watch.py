@@ -23,7 +23,7 @@ import soundfile as sf
 from reasam import config
 from reasam.errors import ReasamError
 from reasam.watch import attach, outbox_name, read_sidecar
-from reasam.watch_files import FAILPOINTS
+from reasam.watch_files import FAILPOINTS, Entry, FileBook, Mover, identity
 from reasam.watch_settle import Settler
 
 from tests.test_daemon import (  # noqa: F401 - the reaping fixtures end every daemon started here
@@ -550,3 +550,36 @@ def test_settler_takes_a_file_only_after_it_stayed_unchanged(tmp_path: Path) -> 
     settler.touch(path)
     path.unlink()
     assert settler.due() == [] and not settler.pending(path)
+
+
+def _entry_in(root: Path, book: FileBook, rel: str, sidecars: list[str]) -> Entry:
+    """A journaled entry for `inbox/<rel>` (written as the watch service takes a file)."""
+    path = root / "inbox" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"RIFF not really audio")
+    for suffix in sidecars:
+        Path(str(path) + suffix).write_text('prompt = "drums"\n')
+    entry = Entry(root.name, rel, identity(os.stat(path)), sidecars=sidecars)
+    book.insert(entry)
+    return entry
+
+
+def test_a_sidecar_linked_before_a_kill_leaves_the_inbox_at_the_restart(tmp_path: Path) -> None:
+    """Killed between a sidecar's link to done/ and its unlink from the inbox (the file itself
+    already moved): finishing the entry again removes the inbox name instead of leaving the
+    sidecar there for ever (nothing else takes a sidecar away)."""
+    root = tmp_path / "W"
+    book = FileBook(tmp_path / "journal.sqlite3")
+    mover = Mover(root, book)
+    entry = _entry_in(root, book, "drums/song.wav", [".reasam.toml"])
+    mover.decide(entry, "done", None, "")
+    inbox, done = root / "inbox" / "drums", root / "done" / "drums"
+    done.mkdir(parents=True)
+    os.link(inbox / "song.wav", done / "song.wav")  # the file moved: linked, then unlinked
+    os.unlink(inbox / "song.wav")
+    os.link(inbox / "song.wav.reasam.toml", done / "song.wav.reasam.toml")  # killed here
+    mover.finish(entry)
+    assert files_below(root / "inbox") == []
+    assert files_below(done) == ["song.wav", "song.wav.reasam.toml"]
+    assert entry.state == "finished" and entry.moved
+    book.close()

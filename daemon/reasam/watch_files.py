@@ -246,6 +246,14 @@ def move_no_replace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Two names of one file (not followed: a symlink is compared as itself)."""
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
+
+
 def free_name(root: Path, rel: PurePosixPath, companions: list[str]) -> PurePosixPath:
     """`rel`, or `stem-2.ext`, `stem-3.ext`…: the first name under `root` at which neither the
     file nor any of its companions (`rel` + suffix: sidecar, .error.txt) exists yet."""
@@ -341,7 +349,11 @@ class Mover:
             src = self.root / "inbox" / (entry.inbox + suffix)
             if not os.path.lexists(src):
                 continue
+            dst = root / (entry.dest + suffix)
             try:
-                move_no_replace(src, root / (entry.dest + suffix))
+                if _same_file(src, dst):
+                    os.unlink(src)  # a crash came between link and unlink, as in `finish`
+                else:
+                    move_no_replace(src, dst)
             except OSError as exc:
                 log.error("%s: cannot move the sidecar (%s); left in the inbox", src, exc)
