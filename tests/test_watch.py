@@ -583,3 +583,25 @@ def test_a_sidecar_linked_before_a_kill_leaves_the_inbox_at_the_restart(tmp_path
     assert files_below(done) == ["song.wav", "song.wav.reasam.toml"]
     assert entry.state == "finished" and entry.moved
     book.close()
+
+
+def test_a_failed_file_whose_reason_cannot_be_written_stays_in_the_inbox_with_it_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The `.error.txt` cannot be written (here its temporary's name is too long for the file
+    system; a full or read-only disk does the same): the file is not moved to failed/ without
+    its reason, but left in the inbox, with the reason in the log and the journal."""
+    root = tmp_path / "W"
+    book = FileBook(tmp_path / "journal.sqlite3")
+    mover = Mover(root, book)
+    name = "x" * 236 + ".wav"  # fits; name.error.txt fits; its temporary's name does not
+    entry = _entry_in(root, book, name, [])
+    mover.decide(entry, "failed", "unsupported_format", "not audio")
+    with caplog.at_level("ERROR", logger="reasam.watch"):
+        mover.finish(entry)
+    assert files_below(root / "inbox") == [name]
+    assert files_below(root / "failed") == []
+    assert entry.state == "finished" and not entry.moved
+    assert "could not be moved" in entry.message and "not audio" in entry.message
+    assert any("cannot move it" in r.getMessage() for r in caplog.records), caplog.text
+    book.close()

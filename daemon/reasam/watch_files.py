@@ -17,7 +17,6 @@ a file dropped again later (a new copy, or moved back in, which changes its ctim
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -29,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from .errors import ReasamError
 
 log = logging.getLogger("reasam.watch")
 
@@ -266,13 +267,20 @@ def free_name(root: Path, rel: PurePosixPath, companions: list[str]) -> PurePosi
 
 
 def _write_new(path: Path, text: str) -> None:
-    """Write a small file under a name that must not exist yet (temp + link: never replaces)."""
+    """Write a small file under a name that must not exist yet (temp + link: never replaces).
+
+    A name already there is ours, from before a crash (the name was reserved); any other
+    failure (a full or read-only disk, no permission) is raised: the caller must not move the
+    file on without it.
+    """
     from .audio import write_text
-    from .errors import ReasamError
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(ReasamError):  # already there: ours, from before a crash
+    try:
         write_text(path, text)
+    except ReasamError:
+        if not os.path.lexists(path):
+            raise
 
 
 class Mover:
@@ -310,10 +318,12 @@ class Mover:
             try:
                 self._move_all(entry)
                 moved = True
-            except OSError as exc:
-                # Left where it is (and recorded, so it is not taken again): never lose it.
-                log.error("%s: cannot move it to %s (%s)", src, self.dest_root(entry), exc)
-                message = f"{message} (the file could not be moved: {exc.strerror or exc})".strip()
+            except (OSError, ReasamError) as exc:
+                # Left where it is (and recorded, so it is not taken again): never lose it, nor
+                # move a failed file to failed/ without its .error.txt.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                log.error("%s: cannot move it to %s (%s)", src, self.dest_root(entry), reason)
+                message = f"{message} (the file could not be moved: {reason})".strip()
                 moved = False
         elif src_version is None:  # moved before a crash (or removed by the user meanwhile)
             moved = _version(dst) == ours
