@@ -29,7 +29,7 @@ log = logging.getLogger("reasam.cache")
 
 CACHE_FORMAT = 2
 _HASH_BLOCK = 1 << 18
-# Source digests of keys whose jobs are still to finish (see `expected_digest`); a few per job.
+# What the keys of jobs still to finish saw of their sources (see `expected_source`); a few per job.
 _EXPECTED_LIMIT = 1024
 
 
@@ -60,8 +60,8 @@ class ResultCache:
 
     A source can change while its job runs. The key also yields the digest of the region's
     samples as the pipeline will read them (same bounds, so the same decode); a result whose own
-    digest of what it read differs fails in the pipeline before it publishes
-    (`expected_digest`) and is never stored (`store`).
+    digest of what it read differs is never stored (`store`), and fails in the pipeline before
+    it publishes when the file changed since the key was taken (`expected_source`).
     """
 
     def __init__(self, folder: Path, limit_bytes: int) -> None:
@@ -84,7 +84,8 @@ class ResultCache:
         )
         self.hits = 0
         self.misses = 0
-        self._expected: dict[str, str] = {}  # key → source digest its job must have read
+        # key → (digest of the region its key saw, the file's pipeline.source_stamp then)
+        self._expected: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class ResultCache:
         from . import engines, pipeline
 
         info = audio.probe(request.source, cancelled)
+        stamp = pipeline.source_stamp(info.path.stat())  # before the read: a later change shows
         first, last = pipeline.resolve_region(request, info)
         rate = info.sample_rate
         pad = pipeline.context_frames(rate)
@@ -126,7 +128,7 @@ class ResultCache:
         key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
         with self._lock:
             self._expected.pop(key, None)
-            self._expected[key] = source
+            self._expected[key] = (source, stamp)
             while len(self._expected) > _EXPECTED_LIMIT:
                 self._expected.pop(next(iter(self._expected)))
         return key
@@ -181,12 +183,13 @@ class ResultCache:
             )
         return digest, region
 
-    def expected_digest(self, key: str) -> str:
-        """The digest of the region's samples as the key saw them ("" when unknown); the job
-        passes it to `pipeline.run`, which fails a run that read anything else before it
-        publishes (the source changed in between)."""
+    def expected_source(self, key: str) -> dict[str, Any]:
+        """What the key saw of the source, as `pipeline.run`'s `source_digest` and
+        `source_stamp_at_key` ({} when unknown): the pipeline fails a run that read other samples
+        of a file changed since, before it publishes."""
         with self._lock:
-            return self._expected.get(key, "")
+            seen = self._expected.get(key)
+        return {} if seen is None else {"source_digest": seen[0], "source_stamp_at_key": seen[1]}
 
     def _entry_dir(self, key: str) -> Path:
         return self.folder / key[:2] / key
@@ -277,7 +280,7 @@ class ResultCache:
         it read), are not. A miss costs a run; a wrong entry would serve wrong stems for ever.
         """
         with self._lock:
-            expected = self._expected.pop(key, None)
+            expected = self._expected.pop(key, ("", ()))[0]
         got = getattr(result, "source_digest", "")
         if expected and got != expected:
             reason = "its source changed while the job ran" if got else "no digest of what its job read"

@@ -854,11 +854,11 @@ class JobManager:
                 if job.attempts > 1:
                     clear_outputs(job)
                 began = time.monotonic()
-                checks: dict[str, str] = {}
+                checks: dict[str, Any] = {}
                 if self.cache is not None and key is not None:
-                    # The samples the key was computed from: the pipeline fails a run that read
-                    # others before it publishes anything (the source changed in between).
-                    checks["source_digest"] = self.cache.expected_digest(key)
+                    # What the key saw of the source: the pipeline fails a run that read other
+                    # samples of a changed file before it publishes anything.
+                    checks = self.cache.expected_source(key)
                 result = self._runner(
                     job.request,
                     job.job_dir,

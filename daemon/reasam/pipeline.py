@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -37,6 +38,8 @@ Progress = Callable[[float, str], None]
 _END_TOLERANCE = 0.05
 CONTEXT_SECONDS = 0.5
 _POST_BLOCK = 1 << 16
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     """What a write to the file changes (or a replacement, or a removal). Not ctime: chmod,
     chown, an xattr or a backup tool's hard link change it without touching a sample."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def source_stamp(st: os.stat_result) -> tuple[int, ...]:
+    """Everything a change of the file changes, ctime included (no one can set it back)."""
+    return (*_identity(st), st.st_ctime_ns)
 
 
 def _changed(message: str, source: Path) -> ReasamError:
@@ -307,12 +315,16 @@ def run(
     progress: Progress = _no_progress,
     cancelled: Callable[[], bool] = _never,
     source_digest: str = "",
+    source_stamp_at_key: tuple[int, ...] | None = None,
 ) -> Result:
     """Separate `request` into `job_dir` (created if missing); return the stems and manifest.
 
-    `source_digest`, when given, is the digest (`Result.source_digest`) the region must have:
-    the result cache computed its key from those samples. A run that read other audio fails
-    before anything is published, so no crash can leave a complete job of changed audio.
+    `source_digest`, when given, is the digest (`Result.source_digest`) the region had when the
+    result cache computed its key, and `source_stamp_at_key` the file's `source_stamp` then. A
+    run that read other audio from a file that changed since fails before anything is published,
+    so no crash can leave a complete job of changed audio. From a file that did not change, other
+    samples mean a decoder that does not seek sample-exactly (mpg123 through libsndfile): the run
+    stands (its stems sum to what it read) and its differing digest keeps it out of the cache.
 
     Raises ReasamError for anything the user can fix or should know, JobCancelled when
     `cancelled()` turns true at a chunk boundary. Either way no stem is left under its final
@@ -406,7 +418,17 @@ def run(
             if cancelled():  # a cancel during the last chunk still wins over publishing
                 raise JobCancelled(job_id)
             if source_digest and read.hexdigest() != source_digest:
-                raise _changed("its audio differs from what the job started with", request.source)
+                try:
+                    unchanged = source_stamp(os.stat(request.source)) == source_stamp_at_key
+                except OSError:
+                    unchanged = False
+                if not unchanged:
+                    raise _changed("its audio differs from what the job started with", request.source)
+                log.info(
+                    "%s: decoded other samples than for the cache key from an unchanged file "
+                    "(a decoder that does not seek exactly); the result is not cached",
+                    request.source,
+                )
             check_unchanged(
                 request.source,
                 source_stat,
