@@ -108,10 +108,12 @@ class ResultCache:
         if (lo, hi) != near and info.backend == "ffmpeg":
             # ffmpeg decodes from where it starts; the pipeline's decode starts at `near`.
             source = self._audio_digest(info, *near, first, last, cancelled)[1]
-        engine = engines.choose(request.engine, request.prompt, request.spans)
+        engine = engines.choose_set(request.engine, request.prompts, request.spans)
         caps = engine.capabilities
         options = {k: v for k, v in encode_request(request).items() if k not in ("source", "spans", "region")}
         options["prompt"] = engine.canonical_prompt(request.prompt) if request.prompt else ""
+        if request.extra_prompts:  # a stem set is keyed by all its prompts, in order
+            options["extra_prompts"] = [engine.canonical_prompt(p) for p in request.extra_prompts]
         options["engine"] = caps.name
         options["bit_depth"] = request.output.resolved_bit_depth
         blob = {
@@ -200,7 +202,7 @@ class ResultCache:
         self, key: str, request: Request, job_id: str, job_dir: Path, cancelled: Callable[[], bool]
     ) -> Any | None:
         """Materialize a hit into `job_dir` (stems copied, a manifest of its own); None on a miss."""
-        from .pipeline import Result, Stem, stem_files, stem_name
+        from .pipeline import Result, Stem, stem_plan
 
         started = time.monotonic()
         with self._lock:
@@ -224,7 +226,12 @@ class ResultCache:
             self.hits += 1
         if cancelled():
             raise JobCancelled(job_id)
-        finals = stem_files(request, job_dir)
+        plans = stem_plan(request, job_dir)
+        if len(plans) != len(entry["stems"]):
+            log.info(
+                "cache: entry %s holds %d stems, the job wants %d", key[:12], len(entry["stems"]), len(plans)
+            )
+            return None
         if job_dir.is_symlink():
             raise ReasamError(
                 "bad_request", f"{job_dir}: the job folder is a symlink; not followed", usage=False
@@ -233,9 +240,8 @@ class ResultCache:
         stems: list[Stem] = []
         published: list[Path] = []
         try:
-            for stored in entry["stems"]:
-                role = stored["role"]
-                final = finals[role]
+            for plan, stored in zip(plans, entry["stems"], strict=True):
+                final = plan.path
                 temp = audio.temp_name(final)
                 try:
                     shutil.copyfile(entry_dir / stored["file"], temp)
@@ -245,14 +251,15 @@ class ResultCache:
                 published.append(final)
                 stems.append(
                     Stem(
-                        stem_name(request, role),
-                        role,
+                        plan.name,
+                        plan.role,
                         final.resolve(),
                         stored["channels"],
                         stored["frames"],
                         stored["region_start"],
                         stored["region_end"],
                         stored.get("post") or {},
+                        stored.get("presence") or {},
                     )
                 )
             manifest = dict(entry["manifest"])
@@ -317,6 +324,7 @@ class ResultCache:
                         "region_start": stem.region_start,
                         "region_end": stem.region_end,
                         "post": stem.post,
+                        "presence": stem.presence,
                         "size": st.st_size,
                         "mtime_ns": st.st_mtime_ns,
                     }

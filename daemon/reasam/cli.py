@@ -52,10 +52,17 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
         "separate",
         help="separate one file by a text prompt and/or spans",
         description="Separate INPUT into a target stem named after the prompt and a residual "
-        "stem. A '-' span must be written with '=': --span=-3:4.",
+        "stem; with several -p, one target per prompt and a 'rest' stem that together sum to the "
+        "input. A '-' span must be written with '=': --span=-3:4.",
     )
     p.add_argument("input", type=Path, help="audio file (wav, flac, ogg, opus, mp3, m4a, …)")
-    p.add_argument("--prompt", "-p", default="", help="what to isolate, e.g. vocals, drums, 'a dog barking'")
+    p.add_argument(
+        "--prompt",
+        "-p",
+        action="append",
+        default=[],
+        help="what to isolate, e.g. vocals, drums, 'a dog barking'; repeat for a stem set",
+    )
     p.add_argument(
         "--span",
         action="append",
@@ -111,9 +118,11 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     from . import pipeline
     from .request import OutputOptions, PostProcess, Region, Request, Span
 
+    prompts = args.prompt or [""]
     request = Request(
         source=args.input.expanduser().absolute(),
-        prompt=args.prompt,
+        prompt=prompts[0],
+        extra_prompts=tuple(prompts[1:]),
         spans=tuple(Span.parse(s) for s in args.span),
         region=Region.parse(args.region) if args.region else Region(),
         quality=args.quality,
@@ -138,9 +147,8 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     probe(request.source)  # a mistyped input must not leave an empty output folder behind
     root = args.out.expanduser().absolute()
     ensure_writable_dir(root)
-    job_dir = _new_job_dir(
-        root, args.job_id or f"{pipeline.slug(args.input.stem)}-{pipeline.slug(request.target_name)}"
-    )
+    named = "stems" if request.is_set else pipeline.slug(request.target_name)
+    job_dir = _new_job_dir(root, args.job_id or f"{pipeline.slug(args.input.stem)}-{named}")
     bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
     try:
         result = pipeline.run(request, job_dir, job_dir.name, progress=bar)
@@ -149,12 +157,29 @@ def _cmd_separate(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
+    for stem in result.stems:
+        if stem.presence and not stem.presence["present"]:
+            sys.stderr.write(
+                f"reasam: warning: {not_found_line(stem.name, stem.presence, args.input.name)}\n"
+            )
     if args.json:
         print(json.dumps(result.manifest, indent=2))
     else:
         for stem in result.stems:
             print(stem.path)
     return EXIT_OK
+
+
+def not_found_line(prompt: str, presence: dict[str, Any], source: str) -> str:
+    """The one line that says a prompt's target is near-silent, with its figure."""
+    from .stemsets import PRESENCE_THRESHOLD_DB
+
+    db = presence.get("presence_db")
+    figure = "a silent region" if db is None else f"{db:g} dB against the region"
+    return (
+        f"nothing like {prompt!r} found in {source} ({figure}; the threshold is "
+        f"{PRESENCE_THRESHOLD_DB:g} dB); the stem is written anyway"
+    )
 
 
 def _new_job_dir(root: Path, name: str) -> Path:
@@ -562,6 +587,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
         pairs += ["out", str(args.out.expanduser().absolute())]
     for span in args.span:
         pairs += ["span", span]
+    prompts = args.prompt or [""]
+    for extra in prompts[1:]:
+        pairs += ["prompt", extra]
     show = sys.stderr.isatty() and not args.quiet
 
     def progress(fraction: float, stage: str) -> None:
@@ -574,7 +602,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
             body, code = send_job(
                 client,
                 job_id,
-                [str(source), args.prompt, *pairs, *client.auth()],
+                [str(source), prompts[0], *pairs, *client.auth()],
                 wait=not args.no_wait,
                 timeout=args.timeout,
                 on_progress=progress,
@@ -655,7 +683,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
         "A '-' span must be written with '=': --span=-3:4.",
     )
     p.add_argument("input", type=Path)
-    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--prompt", "-p", action="append", default=[], help="repeat for a stem set")
     p.add_argument("--span", action="append", default=[], metavar="±S:E")
     p.add_argument("--region", default=None, metavar="S:E")
     p.add_argument("--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"))

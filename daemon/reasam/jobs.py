@@ -299,7 +299,7 @@ def _default_device(request: Request) -> str:
     """The device a request's engine runs on: the key of its worker queue."""
     from . import engines
 
-    engine = engines.choose(request.engine, request.prompt, request.spans)
+    engine = engines.choose_set(request.engine, request.prompts, request.spans)
     return engine.capabilities.device
 
 

@@ -46,7 +46,11 @@ MAX_PATH_CHARS = 4096
 MAX_VALUE_CHARS = 4096
 MAX_MESSAGE_CHARS = 1000  # error messages are cut here so a reply always fits a datagram
 MAX_READABLE_JOB_ID = 256  # a longer "job id" is not echoed back: it is treated as unreadable
-SEPARATE_KEYS = ("region", "span", "quality", "engine", "out", "format", "reply_port", "token", "seed")
+SEPARATE_KEYS = (
+    "region", "span", "quality", "engine", "out", "format", "reply_port", "token", "seed", "prompt",
+)  # fmt: skip
+# Addition to protocol v1: repeatable `prompt` keys add prompts after the `prompt` argument,
+# making a stem set (one target per prompt plus `rest`); without them a job is as before.
 # Addition to protocol v1: ping/status/cancel also take `reply_port`, so one-shot senders such
 # as oscsend can have the answer delivered to a listener (oscdump).
 CONTROL_KEYS = ("token", "reply_port")
@@ -616,9 +620,17 @@ class Server:
             raise ReasamError("bad_request", f"path must be absolute, got {path!r}")
         options: dict[str, Any] = {}
         spans = []
-        for key, value in _pairs(args[3:], (*SEPARATE_KEYS, *OUTPUT_KEYS, "priority"), repeatable=("span",)):
+        extra_prompts: list[str] = []
+        keys = (*SEPARATE_KEYS, *OUTPUT_KEYS, "priority")
+        for key, value in _pairs(args[3:], keys, repeatable=("span", "prompt")):
             if key == "span":
                 spans.append(Span.parse(str(value)))
+            elif key == "prompt":
+                if not isinstance(value, str) or len(value) > MAX_VALUE_CHARS:
+                    raise ReasamError(
+                        "bad_request", f"a prompt key takes text of at most {MAX_VALUE_CHARS} characters"
+                    )
+                extra_prompts.append(value)
             else:
                 options[key] = value
         out_root = self.settings.out
@@ -631,6 +643,7 @@ class Server:
         request = Request(
             source=source,
             prompt=prompt,
+            extra_prompts=tuple(extra_prompts),
             spans=tuple(spans),
             region=Region.parse(str(options["region"])) if "region" in options else Region(),
             quality=str(options.get("quality", self.settings.quality)),

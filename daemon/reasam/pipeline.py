@@ -6,6 +6,10 @@ residual = region − target → (output rate / mono) → atomic write → post-
 The residual is computed here, at the source rate, from the very samples that were read, which
 is what makes `target + residual == region` hold for every engine to float precision. Chunks
 are emitted as soon as they are final, so memory stays bounded by one chunk.
+
+A stem set (several prompts) runs the same way with one target per prompt, shared out by
+`stemsets.share`, and one `rest` stem = region − Σ targets, so the set sums to the region too.
+Each target's presence figure (its energy against the region's) goes into the manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from . import __version__, audio, engines, postprocess
-from .engines.base import Engine, Prompt, Separation
+from . import __version__, audio, engines, postprocess, stemsets
+from .engines.base import Engine, Prompt, SetSeparation
 from .engines.chunking import Crossfader, plan
 from .errors import JobCancelled, ReasamError
 from .postprocess import PostProcessor
@@ -52,6 +56,7 @@ class Stem:
     region_start: float
     region_end: float
     post: dict = field(default_factory=dict)  # what post-processing measured and applied
+    presence: dict = field(default_factory=dict)  # targets: stemsets.Presence.report's keys
 
     def as_dict(self) -> dict:
         out = {
@@ -65,6 +70,7 @@ class Stem:
         }
         if self.post:
             out["post"] = self.post
+        out.update(self.presence)
         return out
 
 
@@ -141,15 +147,41 @@ def slug(text: str) -> str:
     return s[:60].rstrip("-") or "target"
 
 
-def stem_name(request: Request, role: str) -> str:
-    """The stem's name in the manifest: the prompt, and "<prompt> residual"."""
-    return request.target_name if role == "target" else f"{request.target_name} residual"
+@dataclass(frozen=True)
+class StemPlan:
+    """One stem a job will write: its role, its name in the manifest and its final path."""
+
+    role: str  # "target" | "residual"
+    name: str
+    path: Path
 
 
-def stem_files(request: Request, job_dir: Path) -> dict[str, Path]:
-    """Where a job's stems go: `<prompt-slug>.<fmt>` and `<prompt-slug>-residual.<fmt>`."""
-    name, fmt = slug(request.target_name), request.output.format
-    return {"target": job_dir / f"{name}.{fmt}", "residual": job_dir / f"{name}-residual.{fmt}"}
+def stem_plan(request: Request, job_dir: Path) -> list[StemPlan]:
+    """A job's stems, targets first, the residual last.
+
+    One prompt: `<prompt-slug>.<fmt>` named after the prompt and `<prompt-slug>-residual.<fmt>`
+    named "<prompt> residual", as always. A stem set: one `<prompt-slug>.<fmt>` per prompt and
+    `rest.<fmt>` named "rest"; slugs that collide ("Drums!" and "drums") get -2, -3, ….
+    """
+    fmt = request.output.format
+    if not request.is_set:
+        name = slug(request.target_name)
+        return [
+            StemPlan("target", request.target_name, job_dir / f"{name}.{fmt}"),
+            StemPlan("residual", f"{request.target_name} residual", job_dir / f"{name}-residual.{fmt}"),
+        ]
+    used: set[str] = set()
+
+    def unique(base: str) -> str:
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        return name
+
+    plans = [StemPlan("target", text, job_dir / f"{unique(slug(text))}.{fmt}") for text in request.prompts]
+    return [*plans, StemPlan("residual", "rest", job_dir / f"{unique('rest')}.{fmt}")]
 
 
 def _no_progress(fraction: float, stage: str) -> None:
@@ -178,15 +210,16 @@ def _channel_groups(channels: int, engine_channels: int | None) -> list[list[int
 
 
 class _Separator:
-    """Runs one prepared prompt over a chunk of audio at the source rate, for all channels."""
+    """Runs the prepared prompts over a chunk of audio at the source rate, for all channels."""
 
     def __init__(
         self,
         engine: Engine,
-        prompt: Prompt,
+        prompts: list[Prompt],
         quality: str,
         reader: audio.SourceReader,
         source_rate: int,
+        checkpoint: Callable[[], None],
         cancelled: Callable[[], bool] | None = None,
     ) -> None:
         caps = engine.capabilities
@@ -196,8 +229,9 @@ class _Separator:
         self.groups = _channel_groups(reader.info.channels, caps.channels)
         self.reader = reader
         self.max_span_frames = int(caps.max_seconds * source_rate)
-        self.separations: list[Separation] = [
-            engine.prepare(prompt, quality, self._span_fetcher(group), self.engine_rate)
+        self.count = len(prompts)
+        self.separations: list[SetSeparation] = [
+            engine.prepare_set(prompts, quality, self._span_fetcher(group), self.engine_rate, checkpoint)
             for group in self.groups
         ]
 
@@ -218,17 +252,23 @@ class _Separator:
         return fetch
 
     def __call__(self, mix: np.ndarray, start_seconds: float) -> np.ndarray:
-        target = np.zeros_like(mix)
+        """One estimate per prompt: (prompts, channels, frames) at the source rate."""
+        targets = np.zeros((self.count, *mix.shape), dtype=mix.dtype)
         n = mix.shape[1]
         for group, separation in zip(self.groups, self.separations, strict=True):
             x = audio.resample(mix[group], self.rate, self.engine_rate)
             y = separation.separate(x, start_seconds)
-            if y.shape != x.shape:
+            if y.shape != (self.count, *x.shape):
                 raise ReasamError("engine_failed", f"engine returned shape {y.shape} for input {x.shape}")
-            y = audio.resample(y, self.engine_rate, self.rate, frames=n)
-            # A duplicated odd channel comes back twice; the later write wins, both are equal.
-            target[group] = y
-        return target
+            for i in range(self.count):
+                # A duplicated odd channel comes back twice; the later write wins, both are equal.
+                targets[i][group] = audio.resample(y[i], self.engine_rate, self.rate, frames=n)
+        return targets
+
+    def scores(self) -> list[float | None]:
+        """The engine's own per-prompt scores (SAM-Audio's judge), from the one channel group
+        that has them."""
+        return self.separations[0].scores() if len(self.separations) == 1 else []
 
 
 def _finish(
@@ -336,9 +376,10 @@ def run(
     source_stat = os.stat(request.source)  # probe has just read it: the state its stems must match
     first, last = resolve_region(request, info)
     _check_spans(request, info)
-    engine = engines.choose(request.engine, request.prompt, request.spans)
+    engine = engines.choose_set(request.engine, request.prompts, request.spans)
     # Engines that take spans may not know the text: it then only names the target.
-    text = (engine.canonical_prompt(request.prompt) or request.prompt.lower()) if request.prompt else ""
+    texts = [(engine.canonical_prompt(p) or p.lower()) if p else "" for p in request.prompts]
+    text = texts[0]
     if job_dir.is_symlink():
         raise ReasamError("bad_request", f"{job_dir}: the job folder is a symlink; not followed", usage=False)
     audio.ensure_writable_dir(job_dir)
@@ -351,9 +392,9 @@ def run(
     fmt = request.output.format
     bit_depth = request.output.resolved_bit_depth
     post = request.output.post
-    finals = stem_files(request, job_dir)
+    plans = stem_plan(request, job_dir)
     manifest_path = job_dir / "manifest.json"
-    for final in (*finals.values(), manifest_path):
+    for final in (*(p.path for p in plans), manifest_path):
         if final.exists():
             raise ReasamError("bad_request", f"{final}: already exists; choose another output folder")
     # Refuse what the output format cannot hold before any model work, not after it.
@@ -368,6 +409,11 @@ def run(
     region_start, region_end = first / rate, last / rate
     published: list[Path] = []
     read = region_hasher()
+
+    def checkpoint() -> None:
+        if cancelled():
+            raise JobCancelled(job_id)
+
     with (
         audio.SourceReader(info, first - context, last + context, cancelled=cancelled) as reader,
         contextlib.ExitStack() as stack,
@@ -375,19 +421,20 @@ def run(
         progress(0.02, "preparing")
         separator = _Separator(
             engine,
-            Prompt(text, request.spans, request.output.stereo, request.seed),
+            [Prompt(t, request.spans, request.output.stereo, request.seed) for t in texts],
             request.quality,
             reader,
             rate,
+            checkpoint,
             cancelled,
         )
         # Without post-processing the first pass writes the final files directly; with it, the
         # first pass writes float temporaries that the second pass reads back and finishes.
         # Each writer removes its temporary file unless committed (AudioWriter.__exit__).
-        writers = {
-            role: stack.enter_context(
+        writers = [
+            stack.enter_context(
                 audio.AudioWriter(
-                    final,
+                    plan.path,
                     out_rate,
                     out_channels,
                     "wav" if post.active else fmt,
@@ -395,28 +442,33 @@ def run(
                     out_total,
                 )
             )
-            for role, final in finals.items()
-        }
+            for plan in plans
+        ]
         try:
-            resamplers = {
-                role: audio.StreamResampler(rate, out_rate, out_channels, total) for role in writers
-            }
-            fader = Crossfader(overlap)
+            resamplers = [audio.StreamResampler(rate, out_rate, out_channels, total) for _ in writers]
+            faders = [Crossfader(overlap) for _ in texts]
+            presence = stemsets.Presence.of(len(texts))
             for chunk in chunks:
-                if cancelled():
-                    raise JobCancelled(job_id)
+                checkpoint()
                 read_start = first + chunk.start - context
                 mix = reader.read(read_start, chunk.end - chunk.start + 2 * context)
-                target = fader.push(chunk, separator(mix, read_start / rate)[:, context:-context])
-                region_mix = mix[:, context : context + target.shape[1]]
+                estimates = separator(mix, read_start / rate)
+                if len(texts) > 1:
+                    estimates = stemsets.share(mix, estimates)
+                targets = [
+                    fader.push(chunk, est[:, context:-context])
+                    for fader, est in zip(faders, estimates, strict=True)
+                ]
+                region_mix = mix[:, context : context + targets[0].shape[1]]
                 feed_region(read, region_mix)
-                for role, block in (("target", target), ("residual", region_mix - target)):
+                presence.add(region_mix, targets)
+                rest = region_mix - targets[0] if len(targets) == 1 else region_mix - np.sum(targets, axis=0)
+                for index, block in enumerate([*targets, rest]):
                     if request.output.mono:
                         block = block.mean(axis=0, keepdims=True)
-                    writers[role].write(resamplers[role].push(block, last=chunk.last))
+                    writers[index].write(resamplers[index].push(block, last=chunk.last))
                 progress(0.05 + 0.85 * chunk.emit_end / total, "separating")
-            if cancelled():  # a cancel during the last chunk still wins over publishing
-                raise JobCancelled(job_id)
+            checkpoint()  # a cancel during the last chunk still wins over publishing
             if source_digest and read.hexdigest() != source_digest:
                 try:
                     unchanged = source_stamp(os.stat(request.source)) == source_stamp_at_key
@@ -435,14 +487,15 @@ def run(
                 lambda: _region_digest(info, first, last, context, cancelled),
                 read.hexdigest(),
             )
+            presence.scores = separator.scores()
             stems = []
-            for role, writer in writers.items():
+            for index, (stem_out, writer) in enumerate(zip(plans, writers, strict=True)):
                 if post.active:
                     stage = writer.close_unpublished()
                     try:
                         frames, lo, report = _finish(
                             stage,
-                            finals[role],
+                            stem_out.path,
                             post,
                             out_rate,
                             out_channels,
@@ -458,17 +511,18 @@ def run(
                 else:
                     writer.commit()
                     frames, start_s, end_s, report = out_total, region_start, region_end, {}
-                published.append(finals[role])
+                published.append(stem_out.path)
                 stems.append(
                     Stem(
-                        stem_name(request, role),
-                        role,
-                        finals[role].resolve(),
+                        stem_out.name,
+                        stem_out.role,
+                        stem_out.path.resolve(),
                         out_channels,
                         frames,
                         start_s,
                         end_s,
                         report,
+                        presence.report(index) if stem_out.role == "target" else {},
                     )
                 )
                 progress(0.9 + 0.05 * len(stems), "writing")
@@ -481,6 +535,8 @@ def run(
                 "sample_rate": out_rate,
                 "stems": [s.as_dict() for s in stems],
                 "prompt": text,
+                "prompts": texts,
+                "presence_threshold_db": stemsets.PRESENCE_THRESHOLD_DB,
                 "quality": request.quality,
                 "source_sample_rate": rate,
                 "source_channels": info.channels,

@@ -25,6 +25,9 @@ BIT_DEPTHS = {"wav": (16, 24, 32), "flac": (16, 24), "mp3": ()}
 DEFAULT_BIT_DEPTH = {"wav": 32, "flac": 24, "mp3": None}
 MIN_RATE, MAX_RATE = 8_000, 192_000
 MAX_PROMPT_CHARS = 500
+# A stem set: at most this many prompts in one job (SAM-Audio runs them as one batch, whose
+# memory grows with the count).
+MAX_PROMPTS = 8
 MAX_SPANS = 64
 MAX_SEED = 2**32 - 1
 
@@ -191,15 +194,25 @@ class Request:
     # Seeds the random draws of engines that make them (SAM-Audio's noise), so the same request
     # gives the same stems bit for bit on one machine; another seed gives another take.
     seed: int = 0
+    # A stem set: the prompts after `prompt`, each its own target stem, plus one `rest` stem.
+    # Empty for today's one-prompt job (target + residual).
+    extra_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "prompt", " ".join(str(self.prompt).split()))
         object.__setattr__(self, "spans", tuple(self.spans))
-        if len(self.prompt) > MAX_PROMPT_CHARS:
-            raise bad_request(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        if any(ord(c) < 32 for c in self.prompt):
-            raise bad_request("prompt contains control characters")
+        if isinstance(self.extra_prompts, str):
+            raise bad_request("extra_prompts must be a list of prompts, not one text")
+        extra = tuple(" ".join(str(p).split()) for p in self.extra_prompts)
+        object.__setattr__(self, "extra_prompts", extra)
+        for text in (self.prompt, *extra):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise bad_request(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+            if any(ord(c) < 32 for c in text):
+                raise bad_request("prompt contains control characters")
+        if extra:
+            self._check_set()
         if not self.prompt and not self.spans:
             raise bad_request("give a text prompt, a + span, or both")
         if self.spans and not any(s.positive for s in self.spans):
@@ -211,6 +224,29 @@ class Request:
         if self.engine not in ENGINES:
             raise bad_request(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         object.__setattr__(self, "seed", parse_seed(self.seed))
+
+    def _check_set(self) -> None:
+        prompts = self.prompts
+        if not all(prompts):
+            raise bad_request("a stem set needs a text for every prompt (an empty prompt names nothing)")
+        if len(prompts) > MAX_PROMPTS:
+            raise bad_request(f"a stem set takes at most {MAX_PROMPTS} prompts, got {len(prompts)}")
+        seen: set[str] = set()
+        for text in prompts:
+            if text.lower() in seen:
+                raise bad_request(f"prompt {text!r} is given twice in the stem set")
+            seen.add(text.lower())
+        if self.spans:
+            raise bad_request("spans go with one prompt; a stem set takes text prompts only")
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """Every prompt of the job, in order: one for today's job, several for a stem set."""
+        return (self.prompt, *self.extra_prompts)
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.extra_prompts)
 
     @property
     def target_name(self) -> str:
@@ -233,6 +269,7 @@ class Request:
             "stereo": self.output.stereo,
             "post": self.output.post.as_dict(),
             "seed": self.seed,
+            "prompts": list(self.prompts),
         }
 
 
@@ -258,6 +295,12 @@ def encode_request(request: Request) -> dict[str, Any]:
     for f in dataclasses.fields(Request):
         if f.name not in _SPECIAL:
             data[f.name] = getattr(request, f.name)
+    if not request.extra_prompts:
+        # A one-prompt job encodes as it did before stem sets, so its journal fingerprint and
+        # cache key stay what they were.
+        del data["extra_prompts"]
+    else:
+        data["extra_prompts"] = list(request.extra_prompts)
     return data
 
 
@@ -328,7 +371,9 @@ def request_from_fields(
     as a flat mapping with the names of `reasam separate`'s flags, so they share this one
     reading: an unknown name is an error (a typo must not silently fall back to a default), an
     empty value counts as absent (blank CSV cells), and `span` takes a list or `;`-separated
-    text. `defaults` fills names the mapping leaves out (a watch folder's prompt, say).
+    text. `prompt` likewise takes a list or `;`-separated text: several prompts make a stem
+    set (the first is `prompt`, the others `extra_prompts`). `defaults` fills names the mapping
+    leaves out (a watch folder's prompt, say).
     """
     merged: dict[str, Any] = dict(defaults or {})
     for key, value in fields.items():
@@ -344,13 +389,21 @@ def request_from_fields(
     elif not isinstance(spans, list | tuple):
         raise bad_request(f"span must be text or a list, got {spans!r}")
 
+    prompts = merged.get("prompt", "")
+    if isinstance(prompts, str):
+        prompts = prompts.split(";")
+    elif not isinstance(prompts, list | tuple):
+        raise bad_request(f"prompt must be text or a list, got {prompts!r}")
+    prompts = [str(p).strip() for p in prompts if str(p).strip()] or [""]
+
     def number(name: str, kind: type) -> Any:
         return _number(merged[name], name, kind) if name in merged else None
 
     post = {attr: number(name, float) for name, attr in _POST_FIELDS.items() if name in merged}
     return Request(
         source=source,
-        prompt=str(merged.get("prompt", "")),
+        prompt=prompts[0],
+        extra_prompts=tuple(prompts[1:]),
         spans=tuple(Span.parse(str(s)) for s in spans),
         region=Region.parse(str(merged["region"])) if "region" in merged else Region(),
         quality=str(merged.get("quality", "balanced")).strip(),

@@ -8,12 +8,24 @@ prompt.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from ..errors import ReasamError
 from ..request import Span
-from .base import Capabilities, Engine, Prompt, Separation, SpanFetcher
+from .base import Capabilities, Engine, Prompt, Separation, SetSeparation, SpanFetcher
 
-__all__ = ["Capabilities", "Engine", "Prompt", "Separation", "SpanFetcher", "choose", "get", "names"]
+__all__ = [
+    "Capabilities",
+    "Engine",
+    "Prompt",
+    "Separation",
+    "SetSeparation",
+    "SpanFetcher",
+    "choose",
+    "choose_set",
+    "get",
+    "names",
+]
 
 # Order is the `auto` preference among embedded engines.
 _FACTORIES: dict[str, str] = {
@@ -82,3 +94,41 @@ def _unsupported(text: str, spans: tuple[Span, ...], engines: list[Engine]) -> s
         parts.append(f"span-only prompts work with: {', '.join(span_engines)}")
     parts.append(SAM_HINT)
     return "; ".join(parts)
+
+
+def choose_set(engine_name: str, texts: Sequence[str], spans: tuple[Span, ...]) -> Engine:
+    """Pick the engine for every prompt of a request; one prompt is `choose`'s choice.
+
+    An engine serves a stem set when it understands every prompt of it: SAM-Audio any set, the
+    embedded engines the sets drawn from their own prompts (spleeter: vocals, accompaniment,
+    drums; dsp: drums, harmonic). Otherwise the one-line error names the prompts that need
+    SAM-Audio.
+    """
+    if len(texts) <= 1:
+        return choose(engine_name, texts[0] if texts else "", spans)
+    names_ = [engine_name] if engine_name != "auto" else ["sam", *[n for n in _FACTORIES if n != "sam"]]
+    candidates: list[Engine] = []
+    for name in names_:
+        engine = get(name)
+        reason = engine.unavailable_reason()
+        if reason is not None:
+            if engine_name != "auto":
+                raise ReasamError("engine_failed", f"engine {engine_name} is not usable here: {reason}")
+            continue
+        if all(engine.understands(t, spans) for t in texts):
+            return engine
+        candidates.append(engine)
+    raise ReasamError("unsupported_prompt", _unsupported_set(texts, candidates))
+
+
+def _unsupported_set(texts: Sequence[str], engines: list[Engine]) -> str:
+    best = max(engines, key=lambda e: sum(e.understands(t, ()) for t in texts), default=None)
+    if best is None:
+        return f"no available engine serves the stem set {', '.join(texts)}; {SAM_HINT}"
+    missing = [t for t in texts if not best.understands(t, ())]
+    serves = ", ".join(best.capabilities.prompts)
+    return (
+        f"stem set {', '.join(texts)}: {', '.join(repr(t) for t in missing)} "
+        f"{'needs' if len(missing) == 1 else 'need'} SAM-Audio ({best.capabilities.name} serves sets "
+        f"of {serves}); {SAM_HINT}"
+    )

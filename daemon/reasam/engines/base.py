@@ -4,6 +4,14 @@ An engine turns audio + prompt into a target signal. It knows nothing of files, 
 the pipeline reads the region, resamples to the engine's native rate, adapts channels, cuts
 long audio into chunks and computes the residual as `mix - target`, which is what makes the
 sum rule exact for every engine.
+
+A stem set (several prompts in one job) is prepared with `prepare_set`: one estimate per prompt
+per chunk. By default each prompt is prepared on its own; an engine that can do better (SAM-Audio
+runs the prompts as one batch) overrides it.
+
+Cancel: `prepare` and `prepare_set` take a `checkpoint`, which raises when the job is to stop.
+Engines call it between their own steps (network segments, NMF iterations, model evaluations),
+so a cancel lands within a second rather than at the end of a chunk.
 """
 
 from __future__ import annotations
@@ -39,6 +47,13 @@ class Capabilities:
 # Fetches the audio of a span (source seconds), already at the engine's rate and channel layout
 # of the call, so span-driven engines can learn from or prepend it.
 SpanFetcher = Callable[[Span], np.ndarray]
+# Raises (the pipeline's JobCancelled) when the job is to stop; returns None otherwise.
+Checkpoint = Callable[[], None]
+
+
+def no_checkpoint() -> None:
+    """The checkpoint of a job nobody can cancel."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,32 @@ class Separation(ABC):
         """
 
 
+class SetSeparation(ABC):
+    """The prompts of a stem set prepared for one job; called once per chunk (and channel group)."""
+
+    notes: Sequence[str] = ()
+
+    @abstractmethod
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        """Return one estimate per prompt, (prompts, channels, frames) float32, for `audio`."""
+
+    def scores(self) -> list[float | None]:
+        """Per prompt, a model's own judgement of how well it found the sound (higher is
+        better), or None where the engine has none."""
+        return []
+
+
+class EachPrompt(SetSeparation):
+    """A stem set as separate preparations, one per prompt: what every engine can do."""
+
+    def __init__(self, separations: Sequence[Separation]) -> None:
+        self.separations = list(separations)
+        self.notes = list(dict.fromkeys(n for sep in self.separations for n in sep.notes))
+
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        return np.stack([sep.separate(audio, start) for sep in self.separations])
+
+
 class Engine(ABC):
     """A separator; instances are long-lived so loaded weights stay warm."""
 
@@ -90,12 +131,30 @@ class Engine(ABC):
         return self.capabilities.spans or not spans
 
     @abstractmethod
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+    def prepare(
+        self,
+        prompt: Prompt,
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> Separation:
         """Prepare a prompt (load weights, learn span profiles) before the first chunk.
 
         `sample_rate` is the rate of every call's audio: the engine's native rate, or the
-        source's for engines that take any rate.
+        source's for engines that take any rate. `checkpoint` is called between steps.
         """
+
+    def prepare_set(
+        self,
+        prompts: Sequence[Prompt],
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> SetSeparation:
+        """Prepare every prompt of a stem set; by default one preparation per prompt."""
+        return EachPrompt([self.prepare(p, quality, fetch_span, sample_rate, checkpoint) for p in prompts])
 
     def warm(self, quality: str = "balanced") -> None:
         """Load what jobs of `quality` need now, so the first job does not pay for it."""

@@ -52,7 +52,7 @@ from scipy import ndimage
 
 from ..errors import ReasamError
 from ..request import Span
-from .base import Capabilities, Engine, Prompt, Separation, SpanFetcher
+from .base import Capabilities, Checkpoint, Engine, Prompt, Separation, SpanFetcher, no_checkpoint
 
 _EPS = 1e-10
 
@@ -209,11 +209,12 @@ def _magnitude(spec: np.ndarray) -> np.ndarray:
 # --- HPSS ---------------------------------------------------------------------------------
 
 
-def _median(mag: np.ndarray, size: int, axis: int) -> np.ndarray:
+def _median(mag: np.ndarray, size: int, axis: int, checkpoint: Checkpoint = no_checkpoint) -> np.ndarray:
     """Running median of odd length `size` along `axis` of a 2-D array, edges mirrored.
 
     np.partition over a strided window view, in row blocks to bound memory: about eight times
-    faster than scipy.ndimage.median_filter for the long time kernels HPSS wants here.
+    faster than scipy.ndimage.median_filter for the long time kernels HPSS wants here. The
+    checkpoint runs between blocks (a few ms each), so a cancel never waits for a whole chunk.
     """
     data = mag if axis == 1 else mag.T
     half = size // 2
@@ -221,19 +222,22 @@ def _median(mag: np.ndarray, size: int, axis: int) -> np.ndarray:
     out = np.empty(data.shape, data.dtype)
     block = max(1, 2_000_000 // max(1, data.shape[1] * size))
     for row in range(0, data.shape[0], block):
+        checkpoint()
         window = sliding_window_view(padded[row : row + block], size, axis=1)
         out[row : row + block] = np.partition(window, half, axis=-1)[..., half]
     return out if axis == 1 else out.T
 
 
-def _hpss_mask(mag: np.ndarray, stft: _Stft, settings: Settings, percussive: bool) -> np.ndarray:
+def _hpss_mask(
+    mag: np.ndarray, stft: _Stft, settings: Settings, percussive: bool, checkpoint: Checkpoint = no_checkpoint
+) -> np.ndarray:
     """Soft mask (bins, frames) for the percussive or the harmonic part of `mag`."""
     frames_per_s = stft.sample_rate / stft.hop
     hz_per_bin = stft.sample_rate / stft.n_fft
     kt = max(3, round(settings.harm_kernel_s * frames_per_s) | 1)
     kf = max(3, round(settings.perc_kernel_hz / hz_per_bin) | 1)
-    harm = _median(mag, kt, axis=1)
-    perc = _median(mag, kf, axis=0)
+    harm = _median(mag, kt, axis=1, checkpoint=checkpoint)
+    perc = _median(mag, kf, axis=0, checkpoint=checkpoint)
     p = settings.hpss_power
     num, other = (perc, harm) if percussive else (harm, perc)
     num = num**p
@@ -243,8 +247,11 @@ def _hpss_mask(mag: np.ndarray, stft: _Stft, settings: Settings, percussive: boo
 class _HpssSeparation(Separation):
     """The percussive (``drums``) or harmonic part of each chunk."""
 
-    def __init__(self, percussive: bool, settings: Settings, sample_rate: int) -> None:
+    def __init__(
+        self, percussive: bool, settings: Settings, sample_rate: int, checkpoint: Checkpoint = no_checkpoint
+    ) -> None:
         self.percussive = percussive
+        self.checkpoint = checkpoint
         self.settings = settings
         self.stft = _Stft(sample_rate, settings.hpss_window_s, settings.hop_div)
 
@@ -253,7 +260,7 @@ class _HpssSeparation(Separation):
         if audio.shape[-1] == 0:
             return audio.copy()
         spec = self.stft.forward(audio)
-        mask = _hpss_mask(_magnitude(spec), self.stft, self.settings, self.percussive)
+        mask = _hpss_mask(_magnitude(spec), self.stft, self.settings, self.percussive, self.checkpoint)
         return self.stft.inverse(spec * mask, audio.shape[-1])
 
 
@@ -273,11 +280,13 @@ def _kl_nmf(
     h: np.ndarray,
     iterations: int,
     update_w: np.ndarray | None,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> tuple[np.ndarray, np.ndarray]:
     """KL-divergence NMF by multiplicative updates (H, then W, each from a fresh model).
 
     `update_w` is a boolean per component: False keeps that basis fixed (the target template),
     True lets it adapt from where it starts (learnt background bases, free components).
+    `checkpoint` runs before every iteration.
     """
     w = w.astype(np.float32, copy=True)
     h = h.astype(np.float32, copy=True)
@@ -285,6 +294,7 @@ def _kl_nmf(
     learn = update_w is not None and bool(update_w.any())
     ratio = np.empty_like(v)
     for _ in range(iterations):
+        checkpoint()
         _kl_ratio(v, w, h, ratio)
         h *= (w.T @ ratio) / (w.sum(axis=0)[:, None] + _EPS)
         if learn:
@@ -301,11 +311,13 @@ def _init(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     return (rng.random((rows, cols)) + 0.1).astype(np.float32)
 
 
-def _learn_bases(v: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+def _learn_bases(
+    v: np.ndarray, k: int, iterations: int, rng: np.random.Generator, checkpoint: Checkpoint = no_checkpoint
+) -> np.ndarray:
     w = _init(rng, v.shape[0], k)
     w /= w.sum(axis=0)
     h = _init(rng, k, v.shape[1]) * float(v.mean() + _EPS)
-    w, _ = _kl_nmf(v, w, h, iterations, np.ones(k, bool))
+    w, _ = _kl_nmf(v, w, h, iterations, np.ones(k, bool), checkpoint)
     return w
 
 
@@ -336,8 +348,10 @@ class _SpanSeparation(Separation):
         target: np.ndarray,
         background: np.ndarray,
         negative: tuple[Span, ...],
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self.settings = settings
+        self.checkpoint = checkpoint
         self.stft = _Stft(sample_rate, settings.span_window_s, settings.hop_div)
         self.bands = _Bands(self.stft, settings.bands_per_octave)
         self.target = target
@@ -362,7 +376,7 @@ class _SpanSeparation(Separation):
         w = np.concatenate([self.target, self.background, free], axis=1)
         h = _init(rng, w.shape[1], v.shape[1]) * float(v.mean() + _EPS)
         update = np.r_[np.zeros(kt, bool), np.ones(kb + kf, bool)]
-        w, h = _kl_nmf(v, w, h, s.chunk_iterations, update)
+        w, h = _kl_nmf(v, w, h, s.chunk_iterations, update, self.checkpoint)
         p = s.mask_power
         tgt = (w[:, :kt] @ h[:kt]) ** p
         bg = (w[:, kt:] @ h[kt:]) ** p
@@ -410,7 +424,11 @@ def _drop_target_like(context: np.ndarray, pos: np.ndarray, settings: Settings, 
 
 
 def _learn_span_model(
-    spans: tuple[Span, ...], fetch_span: SpanFetcher, settings: Settings, sample_rate: int
+    spans: tuple[Span, ...],
+    fetch_span: SpanFetcher,
+    settings: Settings,
+    sample_rate: int,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Target and background bases (bands, components) from the spans of a prompt."""
     stft = _Stft(sample_rate, settings.span_window_s, settings.hop_div)
@@ -462,7 +480,7 @@ def _learn_span_model(
 
     kb = settings.background_components if neg.shape[1] >= settings.background_components else 0
     background = (
-        _learn_bases(neg, kb, settings.learn_iterations, rng)
+        _learn_bases(neg, kb, settings.learn_iterations, rng, checkpoint)
         if kb
         else np.zeros((pos.shape[0], 0), np.float32)
     )
@@ -472,7 +490,7 @@ def _learn_span_model(
     w = np.concatenate([wt, background], axis=1)
     h = _init(rng, w.shape[1], pos.shape[1]) * float(pos.mean() + _EPS)
     update = np.r_[np.ones(kt, bool), np.zeros(kb, bool)]
-    w, _ = _kl_nmf(pos, w, h, settings.learn_iterations, update)
+    w, _ = _kl_nmf(pos, w, h, settings.learn_iterations, update, checkpoint)
     return w[:, :kt], background
 
 
@@ -498,18 +516,25 @@ class DspEngine(Engine):
             return True
         return bool(text) and not spans and self.canonical_prompt(text) is not None
 
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+    def prepare(
+        self,
+        prompt: Prompt,
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> Separation:
         """Learn span templates, or set up HPSS."""
         settings = settings_for(quality)
         rate = sample_rate
         if any(s.positive for s in prompt.spans):
-            target, background = _learn_span_model(prompt.spans, fetch_span, settings, rate)
+            target, background = _learn_span_model(prompt.spans, fetch_span, settings, rate, checkpoint)
             negative = tuple(s for s in prompt.spans if not s.positive)
-            return _SpanSeparation(settings, rate, target, background, negative)
+            return _SpanSeparation(settings, rate, target, background, negative, checkpoint)
         canonical = self.canonical_prompt(prompt.text)
         if canonical is None:
             raise ReasamError(
                 "unsupported_prompt",
                 f"engine dsp does not understand {prompt.text!r}; prompts: drums, harmonic, or + spans",
             )
-        return _HpssSeparation(canonical == "drums", settings, rate)
+        return _HpssSeparation(canonical == "drums", settings, rate, checkpoint)

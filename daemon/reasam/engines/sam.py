@@ -5,7 +5,11 @@ missing); weights come from `reasam.models`, which keeps one model warm between 
 
 How a request becomes model calls:
 
-- text → `descriptions=[text]` (lower-cased, as the model was trained); spans →
+- text → `descriptions=[text]` (lower-cased, as the model was trained); a stem set's prompts
+  → one batch, `descriptions=[text, …]` with the same audio (and anchors) repeated per item, as
+  upstream's processor pairs `descriptions[i]` with `audios[i]` and `separate()` returns one
+  target and residual per item (sam_audio/processor.py, sam_audio/model/model.py): one model
+  call per chunk whatever the number of prompts; spans →
   `anchors=[("+"|"-", start, end), …]` relative to each call's audio, snapped outward to the
   model's 40 ms frames; a span-only prompt has the description "";
 - quality → reranking candidates and ODE steps (`PRESETS`, README table). Candidates are ranked
@@ -37,6 +41,13 @@ channel of the original, so each stem keeps the mix's stereo image and its bits 
 original audio; the pipeline's residual = mix - target keeps the sum exact. `mono` mode returns
 the raw model target on every channel.
 
+Cancel: a forward pre-hook on the model's transformer, which upstream calls once per model
+evaluation (odeint → vector_field → forward → self.transformer), runs the job's checkpoint, so
+a cancel stops a call within one evaluation; the model itself is untouched and stays loaded.
+
+"Not found": with the judge loaded, each target is also scored by it against its text (the
+judge's `overall`, averaged over chunks by length), for the manifest's presence figures.
+
 Memory: one model per process; the CUDA cache is emptied after every chunk. On out-of-memory
 (CUDA's, or the host's: torch's CPU allocator raises a RuntimeError "can't allocate memory") the
 chunk is retried in halves (crossfaded, sticky for the rest of the job) down to 5 s pieces;
@@ -52,8 +63,9 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +73,16 @@ import torch
 from .. import models
 from ..errors import ReasamError
 from ..request import Span
-from .base import Capabilities, Engine, Prompt, Separation, SpanFetcher
+from .base import (
+    Capabilities,
+    Checkpoint,
+    Engine,
+    Prompt,
+    Separation,
+    SetSeparation,
+    SpanFetcher,
+    no_checkpoint,
+)
 from .chunking import Crossfader, plan
 
 log = logging.getLogger(__name__)
@@ -176,7 +197,12 @@ def ratio_mask_stems(
 
 
 class _SamSeparation(Separation):
-    """One prepared prompt; holds a lease on the warm model until the job lets go of it."""
+    """One prepared prompt, or the prompts of a stem set run as one batch; holds a lease on the
+    warm model until the job lets go of it.
+
+    `separate` returns the first prompt's target (the one-prompt job); `separate_all` every
+    prompt's, (prompts, channels, frames).
+    """
 
     def __init__(
         self,
@@ -186,10 +212,17 @@ class _SamSeparation(Separation):
         quality: str,
         candidates: int,
         fetch_span: SpanFetcher,
+        more_texts: tuple[str, ...] = (),
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self.engine = engine
         self.loaded = lease.model
         self.text = prompt.text
+        self.texts = [prompt.text, *more_texts]
+        self.checkpoint = checkpoint
+        # Judge score per prompt, summed over chunks weighted by their length (see scores()).
+        self._score_sum = [0.0] * len(self.texts)
+        self._score_weight = 0.0
         self.spans = spans = prompt.spans
         self.seed = prompt.seed
         self.quality = quality
@@ -217,8 +250,13 @@ class _SamSeparation(Separation):
     # -- public
 
     def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        return self.separate_all(audio, start)[0]
+
+    def separate_all(self, audio: np.ndarray, start: float) -> np.ndarray:
+        channels, n = audio.shape
         try:
-            return self._split(np.ascontiguousarray(audio, dtype=np.float32), start)
+            out = self._split(np.ascontiguousarray(audio, dtype=np.float32), start)
+            return out.reshape(len(self.texts), channels, n)
         except BaseException:
             # The pipeline ends the job on any error: let go of the model now rather than when
             # the traceback that holds this object is dropped.
@@ -229,7 +267,14 @@ class _SamSeparation(Separation):
 
     # -- out-of-memory fallback: shorter pieces, crossfaded
 
+    def scores(self) -> list[float | None]:
+        """The judge's mean `overall` score per prompt, or None each when no judge ran."""
+        if self._score_weight <= 0:
+            return [None] * len(self.texts)
+        return [round(total / self._score_weight, 4) for total in self._score_sum]
+
     def _split(self, audio: np.ndarray, start: float) -> np.ndarray:
+        """Targets of every prompt stacked as (prompts * channels, n), so pieces crossfade as one."""
         n = audio.shape[1]
         if self.piece_frames is None or n <= self.piece_frames:
             try:
@@ -287,17 +332,22 @@ class _SamSeparation(Separation):
             self._count("prefixed_calls", 1)
         else:
             x, p = mono, 0
-        target, residual = self._call(x, anchors, call_seed(self.seed, start))
-        target, residual = target[p : p + n], residual[p : p + n]
+        targets, residuals = self._call(x, anchors, call_seed(self.seed, start))
+        targets, residuals = targets[:, p : p + n], residuals[:, p : p + n]
         if self.stereo == "mono":
-            return target[None].repeat(channels, 1).cpu().numpy()
+            return targets.repeat_interleave(channels, dim=0).cpu().numpy()
         t0 = time.perf_counter()
-        mix = torch.from_numpy(audio).to(device=target.device, dtype=torch.float32)
-        out = ratio_mask_stems(mix, target, residual).cpu().numpy()
+        mix = torch.from_numpy(audio).to(device=targets.device, dtype=torch.float32)
+        out = torch.cat([ratio_mask_stems(mix, t, r) for t, r in zip(targets, residuals, strict=True)])
         self._count("mask_seconds", time.perf_counter() - t0)
-        return out
+        return out.cpu().numpy()
+
+    def _stop_between_evaluations(self, module: torch.nn.Module, args: Any) -> None:
+        """Forward pre-hook on the transformer: the job's checkpoint before each evaluation."""
+        self.checkpoint()
 
     def _call(self, x: np.ndarray, anchors: list | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model call for every prompt: targets and residuals, (prompts, n) float32 each."""
         lm = self.loaded
         frames = math.ceil(x.shape[0] / HOP)
         if frames > models.MAX_FRAMES:
@@ -307,27 +357,54 @@ class _SamSeparation(Separation):
             )
         t0 = time.perf_counter()
         wav = torch.from_numpy(np.ascontiguousarray(x)).to(device=lm.device, dtype=lm.dtype)[None]
+        count = len(self.texts)
         batch = lm.processor(
-            descriptions=[self.text],
-            audios=[wav],
-            anchors=[anchors] if anchors else None,
+            descriptions=list(self.texts),
+            audios=[wav] * count,
+            anchors=[anchors] * count if anchors else None,
         ).to(lm.device)
-        with torch.inference_mode(), seeded(lm.device, seed):
-            result = lm.model.separate(
-                batch, reranking_candidates=self.candidates, ode_opt=self.preset.ode_opt
-            )
+        hook = lm.model.transformer.register_forward_pre_hook(self._stop_between_evaluations)
+        try:
+            self.checkpoint()
+            with torch.inference_mode(), seeded(lm.device, seed):
+                result = lm.model.separate(
+                    batch, reranking_candidates=self.candidates, ode_opt=self.preset.ode_opt
+                )
+        finally:
+            hook.remove()
         n = x.shape[0]
-        target = result.target[0].reshape(-1)[:n].float()
-        residual = result.residual[0].reshape(-1)[:n].float()
-        if target.shape[0] < n:  # never seen upstream; keep the contract if it happens
-            target = torch.nn.functional.pad(target, (0, n - target.shape[0]))
-            residual = torch.nn.functional.pad(residual, (0, n - residual.shape[0]))
-        del result, batch, wav
+
+        def fit(wav: torch.Tensor) -> torch.Tensor:
+            wav = wav.reshape(-1)[:n].float()
+            if wav.shape[0] < n:  # never seen upstream; keep the contract if it happens
+                wav = torch.nn.functional.pad(wav, (0, n - wav.shape[0]))
+            return wav
+
+        target = torch.stack([fit(t) for t in result.target])
+        residual = torch.stack([fit(r) for r in result.residual])
+        del result, batch
+        if lm.has_ranker and self.text:
+            self._judge(wav[0], target, n)
+        del wav
         if lm.device.type == "cuda":
             torch.cuda.synchronize(lm.device)  # so model_seconds is the model's time, not its queueing
         self._count("calls", 1)
         self._count("model_seconds", time.perf_counter() - t0)
         return target, residual
+
+    def _judge(self, wav: torch.Tensor, targets: torch.Tensor, n: int) -> None:
+        """Score each prompt's target with the judge (upstream's ranker call, one candidate)."""
+        lm = self.loaded
+        with torch.inference_mode():
+            scores = lm.model.text_ranker(
+                extracted_audio=[t[None].to(lm.dtype) for t in targets],
+                input_audio=[wav[None]] * len(self.texts),
+                descriptions=list(self.texts),
+                sample_rate=SAMPLE_RATE,
+            )
+        for i, score in enumerate(scores.float().reshape(len(self.texts), -1)[:, 0].tolist()):
+            self._score_sum[i] += score * n
+        self._score_weight += n
 
     # -- spans
 
@@ -355,6 +432,27 @@ class _SamSeparation(Separation):
         anchors = list(prefix.anchors)
         anchors += [x for x in (anchor(s, a + shift, b + shift, total) for s, a, b in inside) if x]
         return anchors, prefix
+
+
+class _SamSet(SetSeparation):
+    """A stem set's view of a batched `_SamSeparation`."""
+
+    def __init__(self, separation: _SamSeparation) -> None:
+        self.separation = separation
+        self.notes = separation.notes
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return self.separation.stats
+
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        return self.separation.separate_all(audio, start)
+
+    def scores(self) -> list[float | None]:
+        return self.separation.scores()
+
+    def close(self) -> None:
+        self.separation.close()
 
 
 def _build_prefix(spans: tuple[Span, ...], fetch_span: SpanFetcher) -> _Prefix:
@@ -456,7 +554,42 @@ class SamEngine(Engine):
         }
         return row
 
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+    def prepare(
+        self,
+        prompt: Prompt,
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> Separation:
+        return self._prepare(prompt, (), quality, fetch_span, sample_rate, checkpoint)
+
+    def prepare_set(
+        self,
+        prompts: Sequence[Prompt],
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> SetSeparation:
+        """Every prompt in one batch per chunk (see the module docstring)."""
+        first, *more = prompts
+        if any(p.spans for p in more):
+            raise ReasamError("bad_request", "spans go with one prompt; a stem set takes text prompts only")
+        separation = self._prepare(
+            first, tuple(p.text for p in more), quality, fetch_span, sample_rate, checkpoint
+        )
+        return _SamSet(separation)
+
+    def _prepare(
+        self,
+        prompt: Prompt,
+        more_texts: tuple[str, ...],
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint,
+    ) -> _SamSeparation:
         if sample_rate != SAMPLE_RATE:
             raise ReasamError("internal", f"SAM-Audio runs at {SAMPLE_RATE} Hz, was given {sample_rate} Hz")
         if self._settings_error is not None:
@@ -477,7 +610,9 @@ class SamEngine(Engine):
                     f"{self._steps(quality)}): {reason}"
                 )
                 candidates = 1
-            separation = _SamSeparation(self, lease, prompt, quality, candidates, fetch_span)
+            separation = _SamSeparation(
+                self, lease, prompt, quality, candidates, fetch_span, more_texts, checkpoint
+            )
         except BaseException:
             lease.release()
             raise

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ReasamError
-from .base import Capabilities, Engine, Prompt, Separation, SpanFetcher
+from .base import Capabilities, Checkpoint, Engine, Prompt, Separation, SpanFetcher, no_checkpoint
 
 SAMPLE_RATE = 44_100
 N_FFT = 4096
@@ -322,7 +322,9 @@ class SpleeterModel:
             return self._reduced
 
     @staticmethod
-    def estimates(spec: torch.Tensor, nets: Mapping[str, UNet], offset: int = 0) -> dict[str, torch.Tensor]:
+    def estimates(
+        spec: torch.Tensor, nets: Mapping[str, UNet], offset: int = 0, checkpoint: Checkpoint = no_checkpoint
+    ) -> dict[str, torch.Tensor]:
         """Both networks' magnitude estimates for the modelled band of `spec`, per segment.
 
         As in Spleeter, the time axis is cut into segments of 512 frames and the last one is
@@ -333,7 +335,8 @@ class SpleeterModel:
         4 KiB on every call.
 
         Returns (segments, 2, T, F) tensors, channels-last: that is frames-major, like the
-        spectrogram, so the masks multiply it without a transposing copy.
+        spectrogram, so the masks multiply it without a transposing copy. `checkpoint` runs
+        before every network call, so a cancel waits for one segment at most.
         """
         length = spec.shape[-1]
         count = math.ceil((length + offset) / SEGMENT)
@@ -350,6 +353,7 @@ class SpleeterModel:
         out = {stem: _empty_cl(real, count, 2, SEGMENT, BINS) for stem in STEMS}
         for index in range(count):
             for stem, net in nets.items():
+                checkpoint()
                 net(padded[index : index + 1], out[stem][index : index + 1])
         return out
 
@@ -359,7 +363,9 @@ class SpleeterModel:
         count = segments.shape[0]
         return segments.permute(1, 3, 0, 2).reshape(2, BINS, count * SEGMENT)[..., offset : offset + frames]
 
-    def ratio_mask(self, spec: torch.Tensor, stem: str, quality: str = "balanced") -> torch.Tensor:
+    def ratio_mask(
+        self, spec: torch.Tensor, stem: str, quality: str = "balanced", checkpoint: Checkpoint = no_checkpoint
+    ) -> torch.Tensor:
         """The mask of `stem` over the modelled band, (2, BINS, L), averaged over the quality's passes.
 
         Spleeter's Wiener-like mask (est² + eps/2) / (Σ est² + eps): the two stems' masks sum
@@ -369,13 +375,20 @@ class SpleeterModel:
         frames = spec.shape[-1]
         masks = []
         for offset in QUALITY_OFFSETS[quality]:
-            power = {name: est.square_() for name, est in self.estimates(spec, nets, offset).items()}
+            power = {
+                name: est.square_() for name, est in self.estimates(spec, nets, offset, checkpoint).items()
+            }
             ratio = (power[stem] + MASK_EPS / 2) / (power["vocals"] + power["accompaniment"] + MASK_EPS)
             masks.append(self.as_spectrogram(ratio, frames, offset))
         return masks[0] if len(masks) == 1 else sum(masks[1:], masks[0]) / len(masks)
 
     def separate(
-        self, audio: np.ndarray, stem: str, quality: str = "balanced", mask_extension: str = "average"
+        self,
+        audio: np.ndarray,
+        stem: str,
+        quality: str = "balanced",
+        mask_extension: str = "average",
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> np.ndarray:
         """`stem` of `audio` (2, n) float32 at 44.1 kHz, with exactly the input's shape.
 
@@ -394,7 +407,7 @@ class SpleeterModel:
         wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
         with torch.inference_mode():
             spec = torch.stft(wav, N_FFT, HOP, window=self.window, pad_mode="constant", return_complex=True)
-            low = self.ratio_mask(spec, stem, quality)
+            low = self.ratio_mask(spec, stem, quality, checkpoint)
             spec[:, :BINS].mul_(low)
             if mask_extension == "average":
                 spec[:, BINS:].mul_(low.mean(dim=1, keepdim=True))
@@ -439,7 +452,15 @@ class _Cascade(Separation):
 
 
 class _SpleeterSeparation(Separation):
-    def __init__(self, model: SpleeterModel, stem: str, quality: str, mask_extension: str) -> None:
+    def __init__(
+        self,
+        model: SpleeterModel,
+        stem: str,
+        quality: str,
+        mask_extension: str,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> None:
+        self._checkpoint = checkpoint
         self._model = model
         self._stem = stem
         self._quality = quality
@@ -450,7 +471,7 @@ class _SpleeterSeparation(Separation):
             raise ReasamError(
                 "engine_failed", f"spleeter needs stereo (2, frames) audio, got shape {audio.shape}"
             )
-        return self._model.separate(audio, self._stem, self._quality, self._mask_extension)
+        return self._model.separate(audio, self._stem, self._quality, self._mask_extension, self._checkpoint)
 
 
 class SpleeterEngine(Engine):
@@ -515,7 +536,14 @@ class SpleeterEngine(Engine):
                     ) from error
             return self._model
 
-    def prepare(self, prompt: Prompt, quality: str, fetch_span: SpanFetcher, sample_rate: int) -> Separation:
+    def prepare(
+        self,
+        prompt: Prompt,
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> Separation:
         if sample_rate != SAMPLE_RATE:
             raise ReasamError("internal", f"spleeter runs at {SAMPLE_RATE} Hz, was given {sample_rate} Hz")
         stem = self.canonical_prompt(prompt.text)
@@ -533,7 +561,9 @@ class SpleeterEngine(Engine):
             # drums; taking the vocals out first measured +5 dB SI-SDR on a full mix (README).
             from . import get
 
-            accompaniment = _SpleeterSeparation(self.model(), "accompaniment", quality, self._mask_extension)
-            percussive = get("dsp").prepare(Prompt("drums"), quality, fetch_span, sample_rate)
+            accompaniment = _SpleeterSeparation(
+                self.model(), "accompaniment", quality, self._mask_extension, checkpoint
+            )
+            percussive = get("dsp").prepare(Prompt("drums"), quality, fetch_span, sample_rate, checkpoint)
             return _Cascade(accompaniment, percussive)
-        return _SpleeterSeparation(self.model(), stem, quality, self._mask_extension)
+        return _SpleeterSeparation(self.model(), stem, quality, self._mask_extension, checkpoint)

@@ -26,6 +26,14 @@ Each fact names the upstream file it stands in for:
   given; "judge" builds `SAMAudioJudgeModel.from_pretrained(checkpoint_or_model_id)` (the same
   ModelHubMixin path, so the same TypeError on huggingface_hub >= 1.0) and its processor;
   "imagebind" imports `imagebind`; "ensemble" builds each.
+- Batches (sam_audio/processor.py `SAMAudioProcessor.__call__`, sam_audio/model/model.py
+  `separate`): the processor asserts one audio per description and pads the audios into one
+  (B, 1, T) batch; `separate` runs every item in one call and returns one target and one
+  residual per item, in the order of the descriptions, each ranked on its own. Several prompts
+  over one audio are a batch of the same audio repeated, one description each.
+- Model evaluations (sam_audio/model/model.py `separate`): `odeint` calls `vector_field`, which
+  calls `self.forward`, which calls `self.transformer(...)` as a module, once per evaluation
+  (`nfe_of(ode_opt)` times): a forward hook on `model.transformer` runs before each of them.
 - `separate(batch, noise=None, ode_opt=DFLT_ODE_OPT, reranking_candidates=1,
   predict_spans=False)` (sam_audio/model/model.py), in upstream's order: the model inputs
   (anchors included) are built from the batch first; then, if asked and a span predictor exists
@@ -268,10 +276,16 @@ class VisionEncoder(torch.nn.Module):
 
 
 class Transformer(torch.nn.Module):
+    """Stands in for the DiT (sam_audio/model/transformer.py): called once per model evaluation,
+    through `Module.__call__`, so forward hooks on it fire as they do upstream."""
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(dim, dim))
         self.gain = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain.to(x.dtype)
 
 
 @dataclass
@@ -495,8 +509,13 @@ class SAMAudio(BaseModel):
             noise = torch.randn_like(features)
         nfe = nfe_of(ode_opt)
         rtf = float(self.cfg.double.get("rtf", 0.0))
-        if rtf:
-            time.sleep(rtf * frames * hop / self.sample_rate * bsz * k * nfe / 32)
+        seconds = rtf * frames * hop / self.sample_rate * bsz * k * nfe / 32
+        # Upstream's odeint calls vector_field -> self.forward -> self.transformer(...) once per
+        # evaluation; the work (the `rtf` sleep) is spread over those calls.
+        for _ in range(nfe):
+            self.transformer(noise[:, :1])
+            if seconds:
+                time.sleep(seconds / nfe)
         scales = [1.0 - 0.1 * (k - 1 - c) / (k - 1) if k > 1 else 1.0 for c in range(k)]
         wavs, candidates = [], []
         for b in range(bsz):

@@ -1,0 +1,116 @@
+"""Stem sets: how several prompts share one region, and how we tell whether a prompt was found.
+
+A stem set is one job with several prompts ("vocals", "drums", "bass"): one target stem per
+prompt plus a `rest` stem. The engine gives one estimate per prompt; estimates of different
+prompts may claim the same sound ("drums" and "percussion" both take the kick). Written as they
+are, the stems would then hold that sound twice and the set would not sum to the mix.
+
+The joint mask (`share`) settles every claim in the time-frequency plane, per channel, with a
+Wiener-style soft mask over the engine's estimates E_i of the mix X (2048-point STFT, hop 512,
+at the source rate):
+
+    p_i = |E_i|^2                  what prompt i claims in a bin
+    p_rest = min_i |X - E_i|^2     what no prompt claims: the smallest of the engines' residuals
+    m_i = p_i / (sum_j p_j + p_rest)
+    target_i = ISTFT(m_i * X)
+
+The masks of a bin sum to at most one, so where two prompts claim the same sound they share it
+in proportion to their claims (two equal claims get half each), never both in full; where one
+prompt alone claims a bin it keeps what its own ratio mask p_i / (p_i + |X - E_i|^2) gives.
+The `rest` stem is then `region - sum(targets)`, computed by the pipeline from the samples it
+read, which makes `sum(targets) + rest == region` hold to float precision whatever the masks.
+A one-prompt job is not masked here: its target is the engine's estimate, exactly as before.
+
+Presence: each target's energy relative to the region's, in dB. A target below
+`PRESENCE_THRESHOLD_DB` is reported as not present: what an engine returns when the sound asked
+for is not there is leakage and noise, tens of dB below the mix, while a real stem, even a quiet
+one, sits within a few tens of dB of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# A target this far below the region (energy ratio, dB) counts as "not found". A quiet real
+# instrument in a mix measures about -30 dB; a prompt for a sound that is absent leaves
+# leakage well under -40 dB on every engine here.
+PRESENCE_THRESHOLD_DB = -40.0
+# Reported for a silent target (the true figure is minus infinity, which JSON cannot hold).
+SILENT_DB = -120.0
+SHARE_FFT = 2048
+SHARE_HOP = 512
+_EPS = 1e-12
+
+
+def share(mix: np.ndarray, estimates: np.ndarray) -> np.ndarray:
+    """The joint soft mask of the module docstring: targets (prompts, channels, n) of `mix`.
+
+    `mix` is (channels, n) and `estimates` (prompts, channels, n), float32. A chunk shorter than
+    one STFT frame is returned as the estimates scaled to share it (no spectrum to mask).
+    """
+    prompts, channels, n = estimates.shape
+    if n < SHARE_FFT:
+        total = np.abs(estimates).sum(axis=0, keepdims=True)
+        scale = np.minimum(1.0, np.abs(mix)[None] / np.maximum(total, _EPS))
+        return (estimates * scale).astype(np.float32)
+    window = torch.hann_window(SHARE_FFT)
+    x = torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float32))
+    e = torch.from_numpy(np.ascontiguousarray(estimates, dtype=np.float32)).reshape(prompts * channels, n)
+    spec = torch.stft(
+        torch.cat([x, e]), SHARE_FFT, SHARE_HOP, window=window, center=True, return_complex=True
+    )
+    mix_spec = spec[:channels]
+    est = spec[channels:].reshape(prompts, channels, *spec.shape[1:])
+    claims = est.abs().square()
+    rest = (mix_spec[None] - est).abs().square().amin(dim=0)
+    masks = claims / (claims.sum(dim=0) + rest + _EPS)
+    out = torch.istft(
+        (masks * mix_spec[None]).reshape(prompts * channels, *spec.shape[1:]),
+        SHARE_FFT,
+        SHARE_HOP,
+        window=window,
+        center=True,
+        length=n,
+    )
+    return out.reshape(prompts, channels, n).numpy()
+
+
+def presence_db(target_energy: float, region_energy: float) -> float | None:
+    """A target's energy relative to the region, in dB (None for a silent region)."""
+    if region_energy <= 0:
+        return None
+    if target_energy <= 0:
+        return SILENT_DB
+    return round(max(SILENT_DB, 10.0 * math.log10(target_energy / region_energy)), 2)
+
+
+@dataclass
+class Presence:
+    """Energy of each target and of the region, summed chunk by chunk as the pipeline emits them."""
+
+    targets: list[float]
+    region: float = 0.0
+    scores: list[float | None] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, count: int) -> Presence:
+        return cls([0.0] * count)
+
+    def add(self, region: np.ndarray, targets: Sequence[np.ndarray]) -> None:
+        self.region += float(np.square(region, dtype=np.float64).sum())
+        for i, target in enumerate(targets):
+            self.targets[i] += float(np.square(target, dtype=np.float64).sum())
+
+    def report(self, index: int) -> dict:
+        """The manifest keys of target `index`: `presence_db`, `present` (and `judge_score`)."""
+        db = presence_db(self.targets[index], self.region)
+        out: dict = {"presence_db": db, "present": db is not None and db >= PRESENCE_THRESHOLD_DB}
+        score = self.scores[index] if index < len(self.scores) else None
+        if score is not None:
+            out["judge_score"] = score
+        return out
