@@ -203,7 +203,7 @@ def test_reapack_index_from_the_repository_url(tmp_path: Path) -> None:
     out = tmp_path / "index.xml"
     _version, files = _sources(out)
     mains = [f for f, main, _url in files if main == "main"]
-    assert len(mains) == 8
+    assert len(mains) == 10
     assert "Separate selection - vocals.lua" in mains
     assert all(f.startswith("lib/") for f, main, _url in files if main is None)
     for f, _main, url in files:
@@ -271,7 +271,7 @@ def test_install_reaper_copies_the_scripts(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     dest = res / "Scripts" / "ReaSAM"
     actions = sorted(p.name for p in dest.glob("*.lua"))
-    assert len(actions) == 8 and "Separate selection - vocals.lua" in actions
+    assert len(actions) == 10 and "Separate selection - vocals.lua" in actions
     assert "ReaSAM.lua" not in actions  # the ReaPack metapackage is not an action
     src_lib = sorted(p.name for p in (ROOT / "reaper_scripts" / "ReaSAM" / "lib").glob("*.lua"))
     assert sorted(p.name for p in (dest / "lib").glob("*.lua")) == src_lib

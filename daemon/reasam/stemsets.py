@@ -23,8 +23,9 @@ A one-prompt job is not masked here: its target is the engine's estimate, exactl
 
 Presence: each target's energy relative to the region's, in dB. A target below
 `PRESENCE_THRESHOLD_DB` is reported as not present: what an engine returns when the sound asked
-for is not there is leakage and noise, tens of dB below the mix, while a real stem, even a quiet
-one, sits within a few tens of dB of it.
+for is not there is leakage, far below the mix (dsp "drums" on a chord with no percussion
+measured -34 dB, the SAM double's "bass" on a 1 kHz tone less than -100 dB), while a stem that
+is really there, even a quiet part, sits within about 25 dB of the whole.
 """
 
 from __future__ import annotations
@@ -36,10 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-# A target this far below the region (energy ratio, dB) counts as "not found". A quiet real
-# instrument in a mix measures about -30 dB; a prompt for a sound that is absent leaves
-# leakage well under -40 dB on every engine here.
-PRESENCE_THRESHOLD_DB = -40.0
+# A target this far below the region (energy ratio, dB) counts as "not found" (module docstring).
+PRESENCE_THRESHOLD_DB = -30.0
 # Reported for a silent target (the true figure is minus infinity, which JSON cannot hold).
 SILENT_DB = -120.0
 SHARE_FFT = 2048

@@ -18,6 +18,8 @@
 --     the `reasam` command line; the daemon is started when it is not running.
 --   - Progress in a ReaImGui window when ReaImGui is installed, else a small window; Esc or
 --     "ReaSAM: cancel jobs" cancels the job in the daemon.
+--   - Stem sets: "Separate selection: stems..." (a checklist) or "vocals, drums, bass, rest" put
+--     one coloured track per stem plus the rest in a folder under the source track.
 --   - Settings (port, output folder, engine, quality, folder, mute): "ReaSAM: status and settings".
 -- @provides
 --   [main] Separate selection - vocals.lua
@@ -26,6 +28,8 @@
 --   [main] Separate selection - instrumental.lua
 --   [main] Separate selection - custom prompt.lua
 --   [main] Separate selection - sound in time selection.lua
+--   [main] Separate selection - stems....lua
+--   [main] Separate selection - vocals, drums, bass, rest.lua
 --   [main] ReaSAM - cancel jobs.lua
 --   [main] ReaSAM - status and settings.lua
 --   [nomain] lib/*.lua

@@ -21,32 +21,37 @@ local function root(src)
 end
 
 -- For every stem frame the new items play, the original take plays the same file frame at the
--- same project time, and target + residual equals it. Returns the number of frames checked.
-function C.stems_sum(orig_item, target_item, residual_item, tol)
+-- same project time, and the stems (target + residual, or every stem of a set) add up to it.
+-- Returns the number of frames checked.
+function C.set_sum(orig_item, items, tol)
   tol = tol or 2e-5
   local ot = orig_item.active
   local ofile, off = root(ot.source)
   local orig = read(ofile)
   local pos, so, rate = orig_item.info.D_POSITION, ot.info.D_STARTOFFS, ot.info.D_PLAYRATE
-  local tt, rt = target_item.active, residual_item.active
-  assert(target_item.info.D_POSITION == residual_item.info.D_POSITION, "target and residual start apart")
-  assert(target_item.info.D_LENGTH == residual_item.info.D_LENGTH, "target and residual lengths differ")
-  assert(tt.info.D_STARTOFFS == rt.info.D_STARTOFFS, "target and residual offsets differ")
-  assert(tt.info.D_PLAYRATE == rate and rt.info.D_PLAYRATE == rate, "playrate not copied")
-  local target, residual = read(tt.source.file), read(rt.source.file)
-  assert(target.rate == orig.rate and residual.rate == orig.rate, "stem rate differs from the source")
-  assert(target.frames == residual.frames, "stems differ in length")
+  local first = items[1]
+  local stems = {}
+  for i, it in ipairs(items) do
+    assert(it.info.D_POSITION == first.info.D_POSITION, "stems start apart")
+    assert(it.info.D_LENGTH == first.info.D_LENGTH, "stem lengths differ")
+    assert(it.active.info.D_STARTOFFS == first.active.info.D_STARTOFFS, "stem offsets differ")
+    assert(it.active.info.D_PLAYRATE == rate, "playrate not copied")
+    stems[i] = read(it.active.source.file)
+    assert(stems[i].rate == orig.rate, "stem rate differs from the source")
+    assert(stems[i].frames == stems[1].frames, "stems differ in length")
+    assert(stems[i].channels == orig.channels, "stem channels differ")
+  end
   local ch = orig.channels
-  assert(target.channels == ch, "stem channels differ")
   local sr = orig.rate
-  local pos2, len2, so2 = target_item.info.D_POSITION, target_item.info.D_LENGTH, tt.info.D_STARTOFFS
+  local frames = stems[1].frames
+  local pos2, len2, so2 = first.info.D_POSITION, first.info.D_LENGTH, first.active.info.D_STARTOFFS
   assert(pos2 >= pos - 1e-9 and pos2 + len2 <= pos + orig_item.info.D_LENGTH + 1e-9, "new item outside the original")
   assert(so2 >= -1e-9, "negative start offset into the stem")
   -- (less than one frame past the end: a region is rarely a whole number of frames)
-  assert(so2 + len2 * rate <= (target.frames + 1) / sr, "the new item plays past the end of the stem")
+  assert(so2 + len2 * rate <= (frames + 1) / sr, "the new item plays past the end of the stem")
   local m0 = math.ceil(so2 * sr - 1e-6)
-  local m1 = math.min(math.floor((so2 + len2 * rate) * sr + 1e-6) - 1, target.frames - 1)
-  local T, R, O = target.samples, residual.samples, orig.samples
+  local m1 = math.min(math.floor((so2 + len2 * rate) * sr + 1e-6) - 1, frames - 1)
+  local O = orig.samples
   local checked, worst = 0, 0
   for m = m0, m1 do
     local t = pos2 + (m / sr - so2) / rate
@@ -56,17 +61,23 @@ function C.stems_sum(orig_item, target_item, residual_item, tol)
       error(string.format("stem frame %d lands between source frames (%.6f)", m, n))
     end
     for c = 1, ch do
-      local d = math.abs(T[m * ch + c] + R[m * ch + c] - O[N * ch + c])
+      local sum = 0
+      for _, st in ipairs(stems) do sum = sum + st.samples[m * ch + c] end
+      local d = math.abs(sum - O[N * ch + c])
       if d > worst then worst = d end
       if d > tol then
-        error(string.format("frame %d ch %d: target+residual %.6f != original %.6f (source frame %d)",
-          m, c, T[m * ch + c] + R[m * ch + c], O[N * ch + c], N))
+        error(string.format("frame %d ch %d: stems sum to %.6f != original %.6f (source frame %d)",
+          m, c, sum, O[N * ch + c], N))
       end
     end
     checked = checked + 1
   end
   assert(checked > 0, "no frames checked")
   return checked, worst
+end
+
+function C.stems_sum(orig_item, target_item, residual_item, tol)
+  return C.set_sum(orig_item, { target_item, residual_item }, tol)
 end
 
 -- Items on a track, sorted by position.

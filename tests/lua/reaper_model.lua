@@ -23,13 +23,16 @@ local TAKE_KEYS = {
   D_STARTOFFS = 0, D_PLAYRATE = 1, D_VOL = 1, D_PAN = 0, D_PANLAW = -1, B_PPITCH = 0, D_PITCH = 0,
   I_PITCHMODE = -1, I_CHANMODE = 0,
 }
-local TRACK_KEYS = { I_FOLDERDEPTH = 0, B_MUTE = 0, I_SOLO = 0, D_VOL = 1, D_PAN = 0, I_FOLDERCOMPACT = 0 }
+local TRACK_KEYS = {
+  I_FOLDERDEPTH = 0, B_MUTE = 0, I_SOLO = 0, D_VOL = 1, D_PAN = 0, I_FOLDERCOMPACT = 0, I_CUSTOMCOLOR = 0,
+}
 
 -- Optional APIs the scripts probe for (present in current REAPER, guarded by existence).
 M.OPTIONAL = {
   ImGui_CreateContext = true, ImGui_Begin = true, ImGui_SetNextWindowSize = true, ImGui_Cond_FirstUseEver = true,
   ImGui_Text = true, ImGui_ProgressBar = true, ImGui_Button = true, ImGui_IsKeyPressed = true,
-  ImGui_Key_Escape = true, ImGui_End = true, PCM_Source_BuildPeaks = true,
+  ImGui_Key_Escape = true, ImGui_End = true, PCM_Source_BuildPeaks = true, ImGui_Checkbox = true,
+  ImGui_InputText = true,
 }
 
 function M.new(opts)
@@ -57,6 +60,8 @@ function M.new(opts)
     gfx_text = {},
     gfx_open = false,
     imgui_keys = {},
+    imgui_checks = {},
+    imgui_inputs = {},
     imgui_frames = 0,
     queue = {},
     scripts = {},
@@ -379,15 +384,18 @@ function M.new(opts)
       return 0
     end
   end
+  -- Blocks nest as in REAPER: only the outermost one makes an undo point (with its description).
   R.Undo_BeginBlock = function()
+    if model.undo_depth == 0 then model.block_start_edits = model.edits end
     model.undo_depth = model.undo_depth + 1
-    model.block_start_edits = model.edits
   end
   R.Undo_BeginBlock2 = R.Undo_BeginBlock
   R.Undo_EndBlock = function(desc, flags)
     if model.undo_depth <= 0 then error("Undo_EndBlock without Undo_BeginBlock") end
     model.undo_depth = model.undo_depth - 1
-    model.undo[#model.undo + 1] = { desc = desc, flags = flags, edits = model.edits - (model.block_start_edits or 0) }
+    if model.undo_depth == 0 then
+      model.undo[#model.undo + 1] = { desc = desc, flags = flags, edits = model.edits - (model.block_start_edits or 0) }
+    end
   end
   R.Undo_EndBlock2 = function(_, desc, flags) return R.Undo_EndBlock(desc, flags) end
   R.PreventUIRefresh = function(n)
@@ -427,6 +435,11 @@ function M.new(opts)
     return answer[1], answer[2]
   end
   R.GetMousePosition = function() return 100, 100 end
+  -- Windows' RGB() layout (0x00BBGGRR); macOS and Linux (SWELL) put red in the high byte.
+  R.ColorToNative = function(r, g, b)
+    if model.os_name:match("^Win") then return r | (g << 8) | (b << 16) end
+    return (r << 16) | (g << 8) | b
+  end
   function model.console_text() return table.concat(model.console) end
 
   -- Processes: ExecProcess really runs them ------------------------------------------------------
@@ -493,6 +506,19 @@ function M.new(opts)
     R.ImGui_Key_Escape = function() return 27 end
     R.ImGui_IsKeyPressed = function() return table.remove(model.imgui_keys, 1) == "esc" end
     R.ImGui_End = function() end
+    -- Checkbox and InputText answer from model.imgui_checks / model.imgui_inputs (by label), once.
+    R.ImGui_Checkbox = function(_, label, v)
+      local want = model.imgui_checks[label]
+      if want == nil or want == v then return false, v end
+      model.imgui_checks[label] = nil
+      return true, want
+    end
+    R.ImGui_InputText = function(_, label, text)
+      local want = model.imgui_inputs[label]
+      if want == nil then return false, text end
+      model.imgui_inputs[label] = nil
+      return true, want
+    end
   end
 
   -- Scripts and the defer driver ---------------------------------------------------------------

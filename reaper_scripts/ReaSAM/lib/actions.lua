@@ -9,6 +9,7 @@ local runner = require("runner")
 local transport = require("transport")
 local daemon = require("daemon")
 local json = require("json")
+local stems = require("stems")
 
 local actions = {}
 
@@ -57,6 +58,51 @@ function actions.separate(prompt)
   local requests, notes = gather(limit_opts())
   if not requests then return nil end
   return actions.run(prompt, prompt, requests, notes)
+end
+
+-- A stem set: one job per item with every prompt, imported into a folder of coloured tracks
+-- (one per prompt, then the rest) in one undo point.
+function actions.run_set(prompts, requests, notes)
+  local name = table.concat(prompts, ", ") .. ", rest"
+  local run = runner.new({
+    title = "Separate " .. name,
+    prompt_text = prompts[1],
+    prompt_name = name,
+    prompts = prompts,
+    requests = requests,
+    notes = notes,
+  })
+  return run:start()
+end
+
+-- "Separate selection - vocals, drums, bass, rest" and other ready-made sets.
+function actions.stem_set(prompts)
+  local requests, notes = gather(limit_opts())
+  if not requests then return nil end
+  return actions.run_set(prompts, requests, notes)
+end
+
+-- "Separate selection - stems...": asks which stems (remembering the last choice), then runs
+-- the set. With ReaImGui the checklist is a window answered in later defer ticks.
+function actions.stems()
+  if reaper.CountSelectedMediaItems(0) == 0 then
+    message("Select one or more audio items first.")
+    return nil
+  end
+  stems.ask(function(prompts)
+    if prompts == nil then return end
+    if #prompts == 0 then
+      message("Tick at least one stem, or type one under 'also'.")
+      return
+    end
+    local requests, notes = gather(limit_opts())
+    if not requests then return end
+    if #prompts == 1 then
+      actions.run(prompts[1], prompts[1], requests, notes)
+    else
+      actions.run_set(prompts, requests, notes)
+    end
+  end)
 end
 
 -- Asks which recent prompt (or a new one) through a popup menu when there are recent prompts.

@@ -9,9 +9,14 @@
 -- and the new item gets the original's position and length (clipped to what the stem covers),
 -- its take D_STARTOFFS = (position - T0) * D_PLAYRATE and the original's playrate and pitch
 -- settings, so every stem plays exactly the samples the original plays at that moment.
+--
+-- A stem set's job lands in a folder track under the source track: one coloured track per
+-- prompt, then the rest. A target the daemon reports as not present (manifest `present`
+-- false) is not imported unless the import_absent setting says so; the caller says why.
 local reaper = reaper
 local util = require("util")
 local settings = require("settings")
+local stems_lib = require("stems")
 
 local importer = {}
 
@@ -79,21 +84,10 @@ local function roll_back(changes)
   end
 end
 
--- Creates (or, for a second item of the same batch on the same track, reuses) the tracks.
-local function tracks_for(job, opts, changes)
-  local src_track = job.request.track
-  if not valid(src_track, "MediaTrack*") then src_track = nil end
-  local guid = src_track and reaper.GetTrackGUID(src_track) or "none"
-  local base = (opts.batch or job.id) .. ":" .. guid .. ":" .. util.slug(job.prompt_name, 64)
-  local target = find_track(base .. ":target")
-  local residual = find_track(base .. ":residual")
-  if target and residual then return target, residual, false end
-
+-- Inserts tracks right under the source track: names = { { key, name }, ... }, the first a
+-- folder when `folder`. Returns them by key and in order.
+local function create_tracks(src_track, base, names, folder, changes)
   local at = src_track and track_index(src_track) + 1 or reaper.CountTracks(0)
-  local names = {}
-  if opts.folder then names[#names + 1] = { "folder", job.prompt_name .. " (ReaSAM)" } end
-  names[#names + 1] = { "target", settings.track_name("target", job.prompt_name) }
-  names[#names + 1] = { "residual", settings.track_name("residual", job.prompt_name) }
   local created = {}
   for i, entry in ipairs(names) do
     reaper.InsertTrackAtIndex(at + i - 1, true)
@@ -107,8 +101,8 @@ local function tracks_for(job, opts, changes)
   end
   local last = created[#created]
   local close = 0
-  if opts.folder then
-    reaper.SetMediaTrackInfo_Value(created.folder, "I_FOLDERDEPTH", 1)
+  if folder then
+    reaper.SetMediaTrackInfo_Value(created[1], "I_FOLDERDEPTH", 1)
     close = -1
   end
   -- A source track that closes folders hands the closing over to the last new track, so the
@@ -121,6 +115,28 @@ local function tracks_for(job, opts, changes)
     end
   end
   reaper.SetMediaTrackInfo_Value(last, "I_FOLDERDEPTH", close)
+  return created
+end
+
+local function source_track(job)
+  local src_track = job.request.track
+  if not valid(src_track, "MediaTrack*") then src_track = nil end
+  local guid = src_track and reaper.GetTrackGUID(src_track) or "none"
+  return src_track, guid
+end
+
+-- Creates (or, for a second item of the same batch on the same track, reuses) the tracks.
+local function tracks_for(job, opts, changes)
+  local src_track, guid = source_track(job)
+  local base = (opts.batch or job.id) .. ":" .. guid .. ":" .. util.slug(job.prompt_name, 64)
+  local target = find_track(base .. ":target")
+  local residual = find_track(base .. ":residual")
+  if target and residual then return target, residual, false end
+  local names = {}
+  if opts.folder then names[#names + 1] = { "folder", job.prompt_name .. " (ReaSAM)" } end
+  names[#names + 1] = { "target", settings.track_name("target", job.prompt_name) }
+  names[#names + 1] = { "residual", settings.track_name("residual", job.prompt_name) }
+  local created = create_tracks(src_track, base, names, opts.folder, changes)
   return created.target, created.residual, true
 end
 
@@ -212,6 +228,118 @@ function importer.stems(manifest)
     end
   end
   return target, residual
+end
+
+-- Whether the daemon found a target stem's sound (a manifest without the flag: found).
+function importer.found(stem)
+  return stem.present ~= false
+end
+
+local function check_stem(s)
+  if type(s.path) ~= "string" or not util.file_exists(s.path) then
+    return "stem file missing: " .. tostring(s.path)
+  end
+  if type(s.region_start) ~= "number" or type(s.region_end) ~= "number" then
+    return "stem without region_start/region_end in the manifest"
+  end
+  return nil
+end
+
+-- A stem set's targets (in order) and residual; nil, message when the manifest lacks them.
+function importer.set_stems(manifest)
+  if type(manifest) ~= "table" or type(manifest.stems) ~= "table" then
+    return nil, "the manifest has no stems"
+  end
+  local targets, residual = {}, nil
+  for _, s in ipairs(manifest.stems) do
+    if s.role == "target" then targets[#targets + 1] = s end
+    if s.role == "residual" and not residual then residual = s end
+  end
+  if #targets == 0 or not residual then return nil, "the manifest lacks target or residual stems" end
+  for _, s in ipairs({ residual, table.unpack(targets) }) do
+    local err = check_stem(s)
+    if err then return nil, err end
+  end
+  return targets, residual
+end
+
+-- Tracks of a stem set: a folder under the source track, then one track per stem name, each
+-- coloured. A second item of the same batch on the same track reuses them when all are there.
+local function set_tracks(job, names, opts, changes)
+  local src_track, guid = source_track(job)
+  local base = (opts.batch or job.id) .. ":" .. guid .. ":set:" .. util.slug(table.concat(names, " "), 64)
+  local found = { folder = find_track(base .. ":folder") }
+  local all = found.folder ~= nil
+  for i = 1, #names do
+    found[i] = find_track(base .. ":stem" .. i)
+    all = all and found[i] ~= nil
+  end
+  if all then return found end
+  local entries = { { "folder", job.prompt_name .. " (ReaSAM)" } }
+  for i, name in ipairs(names) do
+    local shown = name == "rest" and "rest" or settings.track_name("target", name)
+    entries[#entries + 1] = { "stem" .. i, shown }
+  end
+  local created = create_tracks(src_track, base, entries, true, changes)
+  local out = { folder = created.folder }
+  for i, name in ipairs(names) do
+    out[i] = created["stem" .. i]
+    reaper.SetMediaTrackInfo_Value(out[i], "I_CUSTOMCOLOR", stems_lib.color(name, i))
+  end
+  return out
+end
+
+-- Imports one stem-set job into its folder. opts: { mute, batch, import_absent }. Returns
+-- { items, sources, tracks, skipped = { prompt names not found } } or nil, message; with no
+-- target found (and import_absent off) it imports nothing and returns result.nothing = true.
+function importer.import_set(job, manifest, opts)
+  local targets, residual = importer.set_stems(manifest)
+  if not targets then return nil, residual end
+  local rate = tonumber(manifest.sample_rate)
+  local result = { items = {}, sources = {}, tracks = {}, skipped = {} }
+  local chosen, names = {}, {}
+  for _, s in ipairs(targets) do
+    if importer.found(s) or opts.import_absent then
+      chosen[#chosen + 1] = s
+      names[#names + 1] = s.name
+    else
+      result.skipped[#result.skipped + 1] = s.name
+    end
+  end
+  if #chosen == 0 then
+    result.nothing = true
+    return result
+  end
+  chosen[#chosen + 1] = residual
+  names[#names + 1] = "rest"
+  local changes = new_changes()
+  reaper.Undo_BeginBlock()
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(function()
+    local tracks = set_tracks(job, names, opts, changes)
+    for i, stem in ipairs(chosen) do
+      local role = stem == residual and "residual" or "target"
+      local place = importer.placement(job.request, stem, rate)
+      if place.length <= 0 then error("the stem does not overlap the item", 0) end
+      local item, take, src = add_item(tracks[i], stem.path, place, job, role, names[i], changes)
+      if role == "target" then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", stem.name, true) end
+      result.tracks[#result.tracks + 1] = tracks[i]
+      result.items[#result.items + 1] = item
+      result.sources[#result.sources + 1] = src
+    end
+    if opts.mute and valid(job.request.item, "MediaItem*") then
+      set_existing(changes, "MediaItem*", job.request.item, "B_MUTE", 1)
+    end
+  end)
+  if not ok then
+    local rolled, rerr = pcall(roll_back, changes)
+    if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
+  end
+  reaper.PreventUIRefresh(-1)
+  reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1)
+  reaper.UpdateArrange()
+  if not ok then return nil, tostring(err) end
+  return result
 end
 
 -- Imports one job. opts: { folder, mute, batch }. Returns { items, sources, tracks } or nil,

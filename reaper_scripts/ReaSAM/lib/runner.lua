@@ -73,9 +73,11 @@ end
 local Run = {}
 Run.__index = Run
 
-local FINAL = { imported = true, error = true, cancelled = true }
+-- "empty": the daemon found nothing like the prompt, and nothing was imported.
+local FINAL = { imported = true, error = true, cancelled = true, empty = true }
 
--- opts: { title, prompt_text, prompt_name, requests, notes }
+-- opts: { title, prompt_text, prompt_name, requests, notes, prompts }. `prompts` (two or more)
+-- makes a stem set: its jobs are imported together, in one undo point, once all have finished.
 function runner.new(opts)
   local self = setmetatable({
     id = util.new_id("batch"),
@@ -90,6 +92,8 @@ function runner.new(opts)
     out = settings.output_dir(),
     folder = settings.get("folder"),
     mute = settings.get("mute_original"),
+    import_absent = settings.get("import_absent"),
+    stem_set = opts.prompts ~= nil and #opts.prompts > 1,
     last_news = nil,
     last_file_poll = 0,
     errors = {},
@@ -101,6 +105,7 @@ function runner.new(opts)
       request = req,
       prompt_text = opts.prompt_text,
       prompt_name = opts.prompt_name,
+      prompts = opts.prompts,
       engine = self.engine,
       quality = self.quality,
       out = self.out,
@@ -281,29 +286,78 @@ function Run:submit(job, now)
   end
 end
 
+function Run:not_found(job, names)
+  for _, name in ipairs(names) do
+    local line = string.format("nothing like '%s' found in %s", name, job.request.label)
+    reaper.ShowConsoleMsg("ReaSAM: " .. line .. " (not imported; the setting 'Import stems where nothing was "
+      .. "found' imports such stems anyway)\n")
+    self.notes[#self.notes + 1] = line
+  end
+end
+
+function Run:import_job(job)
+  local mpath = job.manifest_path
+  if not mpath or mpath == "" then mpath = util.join(self:job_dir(job), "manifest.json") end
+  local text, rerr = util.read_file(mpath)
+  local manifest, jerr
+  if text then manifest, jerr = json.decode(text) end
+  if not manifest then
+    self:set_final(job, "error", "cannot read the manifest " .. mpath .. ": " .. tostring(rerr or jerr))
+    return
+  end
+  local opts = { folder = self.folder, mute = self.mute, batch = self.id, import_absent = self.import_absent }
+  local result, err
+  if self.stem_set then
+    result, err = importer.import_set(job, manifest, opts)
+    if result then self:not_found(job, result.skipped) end
+  else
+    local target = importer.stems(manifest)
+    if target and not importer.found(target) and not self.import_absent then
+      self:not_found(job, { job.prompt_name })
+      result = { nothing = true }
+    else
+      result, err = importer.import(job, manifest, opts)
+    end
+  end
+  if not result then
+    self:set_final(job, "error", "import failed: " .. tostring(err))
+    return
+  end
+  job.result = result
+  if result.nothing then
+    job.stage = "nothing found"
+    self:set_final(job, "empty", "nothing found")
+    return
+  end
+  job.stage = "imported"
+  self:set_final(job, "imported")
+  if settings.get("peaks") and reaper.PCM_Source_BuildPeaks then
+    for _, src in ipairs(result.sources) do self.peaks[#self.peaks + 1] = { src = src, mode = 0 } end
+  end
+end
+
 function Run:import_one()
+  if self.stem_set then
+    -- A stem set is imported when every job has finished, all in one undo point.
+    local done = 0
+    for _, job in ipairs(self.jobs) do
+      if job.state == "done" then
+        done = done + 1
+      elseif not FINAL[job.state] then
+        return
+      end
+    end
+    if done == 0 then return end
+    reaper.Undo_BeginBlock()
+    for _, job in ipairs(self.jobs) do
+      if job.state == "done" then self:import_job(job) end
+    end
+    reaper.Undo_EndBlock("ReaSAM: separate " .. self.jobs[1].prompt_name, -1)
+    return
+  end
   for _, job in ipairs(self.jobs) do
     if job.state == "done" then
-      local mpath = job.manifest_path
-      if not mpath or mpath == "" then mpath = util.join(self:job_dir(job), "manifest.json") end
-      local text, rerr = util.read_file(mpath)
-      local manifest, jerr
-      if text then manifest, jerr = json.decode(text) end
-      if not manifest then
-        self:set_final(job, "error", "cannot read the manifest " .. mpath .. ": " .. tostring(rerr or jerr))
-        return
-      end
-      local result, err = importer.import(job, manifest, { folder = self.folder, mute = self.mute, batch = self.id })
-      if not result then
-        self:set_final(job, "error", "import failed: " .. tostring(err))
-        return
-      end
-      job.result = result
-      job.stage = "imported"
-      self:set_final(job, "imported")
-      if settings.get("peaks") and reaper.PCM_Source_BuildPeaks then
-        for _, src in ipairs(result.sources) do self.peaks[#self.peaks + 1] = { src = src, mode = 0 } end
-      end
+      self:import_job(job)
       return -- one import per tick keeps every tick short
     end
   end
@@ -353,6 +407,12 @@ function Run:cancel(reason)
   if self.cancelling then return end
   self.cancelling = true
   self.cancel_reason = reason
+  -- The window closes at once; the cancels go on being sent (and confirmed) in the background.
+  if self.view then
+    self.view:close()
+    self.view = nil
+  end
+  reaper.ShowConsoleMsg(string.format("ReaSAM: %s: cancelled (%s)\n", self.title, reason or "cancel"))
   local now = reaper.time_precise()
   for _, job in ipairs(self.jobs) do
     if job.state == "new" then

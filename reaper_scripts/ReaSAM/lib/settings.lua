@@ -33,12 +33,14 @@ settings.SPEC = {
   start_daemon = { "bool", true, nil, "Start the daemon when it is not running (y/n)" },
   start_timeout = { "number", 60, { 1, 3600 }, "Seconds to wait for a starting daemon" },
   peaks = { "bool", true, nil, "Build peaks after import (y/n)" },
+  import_absent = { "bool", false, nil, "Import stems where nothing was found (y/n)" },
+  stem_colors = { "string", "", nil, "Stem colours (name=#RRGGBB; ...)" },
 }
 
 -- The order shown in the settings dialog.
 settings.EDITABLE = {
   "port", "out_dir", "engine", "quality", "folder", "mute_original", "limit_to_time_selection",
-  "target_name", "residual_name", "transport", "reasam_command",
+  "target_name", "residual_name", "transport", "reasam_command", "import_absent", "stem_colors",
 }
 
 local function parse(name, text)
@@ -200,6 +202,21 @@ function settings.remember_prompt(prompt)
   local enc = {}
   for i, p in ipairs(list) do enc[i] = util.escape(p) end
   reaper.SetExtState(settings.SECTION, "recent_prompts", table.concat(enc, ";"), true)
+end
+
+-- The stems last ticked in "Separate selection: stems..." (none before the first use).
+function settings.last_stems()
+  local out = {}
+  for _, p in ipairs(util.split(reaper.GetExtState(settings.SECTION, "last_stems"), ";")) do
+    if p ~= "" then out[#out + 1] = util.unescape(p) end
+  end
+  return out
+end
+
+function settings.remember_stems(list)
+  local enc = {}
+  for i, p in ipairs(list) do enc[i] = util.escape(p) end
+  reaper.SetExtState(settings.SECTION, "last_stems", table.concat(enc, ";"), true)
 end
 
 function settings.track_name(which, prompt)

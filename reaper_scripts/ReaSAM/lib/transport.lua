@@ -92,6 +92,8 @@ function Udp:separate(job)
   local function kv(k, v) args[#args + 1] = k; args[#args + 1] = v end
   kv("region", util.num(r.region_start) .. ":" .. util.num(r.region_end))
   for _, span in ipairs(r.spans or {}) do kv("span", span) end
+  -- A stem set: the prompts after the first as repeatable `prompt` keys (protocol addition).
+  for i = 2, #(job.prompts or {}) do kv("prompt", job.prompts[i]) end
   kv("engine", job.engine)
   kv("quality", job.quality)
   kv("out", job.out)
@@ -188,6 +190,7 @@ function Cli:separate(job)
   add("--no-wait", "--job-id=" .. job.id, "--prompt=" .. (job.prompt_text or ""),
     "--region=" .. util.num(r.region_start) .. ":" .. util.num(r.region_end))
   for _, span in ipairs(r.spans or {}) do add("--span=" .. span) end
+  for i = 2, #(job.prompts or {}) do add("--prompt=" .. job.prompts[i]) end
   add("--engine=" .. job.engine, "--quality=" .. job.quality, "--out=" .. job.out, "--", r.path)
   return self:run("send", args, job.id)
 end
