@@ -21,6 +21,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -207,7 +208,7 @@ def test_reapack_index_from_the_repository_url(tmp_path: Path) -> None:
     assert "Separate selection - vocals.lua" in mains
     assert all(f.startswith("lib/") for f, main, _url in files if main is None)
     for f, _main, url in files:
-        assert url == RAW + f.replace(" ", "%20")
+        assert url == RAW + quote(f)  # "vocals, drums, bass, rest": the comma is %2C
     root = ET.parse(out).getroot()
     assert root.get("version") == "1" and root.get("name") == "ReaSAM"
     assert root.find("./category").get("name") == "ReaSAM"
