@@ -333,3 +333,51 @@ def test_cancel_stops_a_sam_call_between_model_evaluations(sam_env, tmp_path, lo
     mix = make_mix(tmp_path, seconds=1.0)
     result, _ = _run(mix.path, tmp_path / "after", ["everything"], engine="sam", quality="fast")
     assert result.manifest["engine"] == "sam" and engine.manager.state()["loads"] == 1
+
+
+# --- front doors: OSC, reasam send, CSV batches --------------------------------------------------------
+
+
+def test_osc_prompt_keys_send_and_csv_rows_make_sets(tmp_path):
+    from .test_batch import run_batch, summary, write_manifest
+    from .test_daemon import Daemon, collect, final_for
+
+    path, mix = _drum_mix(tmp_path, name="loop")
+    d = Daemon(tmp_path / "d").start()
+    try:
+        with d.client() as client:
+            # OSC: the prompt argument plus repeatable `prompt` keys.
+            client.send("/reasam/separate", "osc-set", str(path), "drums", "prompt", "harmonic",
+                        "engine", "dsp", *client.auth())  # fmt: skip
+            address, reply = collect(client, final_for("osc-set"), timeout=120)[-1]
+            assert address == "/reasam/done", reply
+            manifest = json.loads(Path(reply[1]).read_text())
+            assert [(s["name"], s["role"]) for s in manifest["stems"]] == [
+                ("drums", "target"), ("harmonic", "target"), ("rest", "residual")
+            ]  # fmt: skip
+            assert manifest["request"]["prompts"] == ["drums", "harmonic"]
+            total = sum(_read(Path(s["path"])) for s in manifest["stems"])
+            assert np.max(np.abs(total - mix)) < 1e-5
+            # A prompt key that is not text is refused like any other bad value.
+            client.send("/reasam/separate", "osc-bad", str(path), "drums", "prompt", 3, *client.auth())
+            address, reply = collect(client, final_for("osc-bad"), timeout=30)[-1]
+            assert address == "/reasam/error" and reply[1] == "bad_request"
+        # reasam send: -p repeatable.
+        res = d.cli("send", str(path), "-p", "drums", "-p", "harmonic", "--engine", "dsp", "-q")
+        assert res.returncode == 0, res.stderr
+        sent = json.loads(Path(json.loads(res.stdout)["manifest_path"]).read_text())
+        assert [s["name"] for s in sent["stems"]] == ["drums", "harmonic", "rest"]
+        # CSV: `;`-separated prompts in a row's prompt cell, via the daemon and in process.
+        rows = [{"input": path.name, "prompt": "drums; harmonic", "engine": "dsp"}]
+        csv_file = write_manifest(tmp_path / "m.csv", rows)
+        flags = ("--via-daemon", "--port", str(d.port), "--token-file", str(d.token_file))
+        for out, extra in ((tmp_path / "via", flags), (tmp_path / "local", ())):
+            res = run_batch(tmp_path, csv_file, out, *extra)
+            assert res.returncode == 0, res.stderr
+            folder = Path(summary(out)["lines"][0]["folder"])
+            body = json.loads((folder / "manifest.json").read_text())
+            assert [s["name"] for s in body["stems"]] == ["drums", "harmonic", "rest"]
+            total = sum(_read(folder / Path(s["path"]).name) for s in body["stems"])
+            assert np.max(np.abs(total - mix)) < 1e-5
+    finally:
+        d.stop()

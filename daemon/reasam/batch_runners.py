@@ -250,6 +250,8 @@ def _separate_args(task: Task) -> list[Any]:
             pairs += [key, value]
     for sign, start, end in r["spans"]:
         pairs += ["span", f"{sign}{start!r}:{end!r}"]
+    for prompt in r.get("extra_prompts", ()):  # a stem set: the prompts after the first
+        pairs += ["prompt", prompt]
     for key in ("bit_depth", "sample_rate"):
         if out[key] is not None:
             pairs += [key, int(out[key])]
