@@ -21,7 +21,7 @@ from reasam.cache import ResultCache
 from reasam.cli import main
 from reasam.errors import JobCancelled, ReasamError
 from reasam.jobs import JobManager, Priority
-from reasam.request import Request, Span, decode_request, encode_request, request_from_fields
+from reasam.request import OutputOptions, Request, Span, decode_request, encode_request, request_from_fields
 
 from .test_sam import make_mix, make_sam_env
 
@@ -133,15 +133,18 @@ def test_sam_sets_of_one_to_four_prompts_sum_and_run_as_one_batch(sam_env, tmp_p
     assert err < 1e-3
 
 
-def test_overlapping_prompts_share_rather_than_double(sam_env, tmp_path):
+@pytest.mark.parametrize("stereo", ["mask", "mono"])
+def test_overlapping_prompts_share_rather_than_double(sam_env, tmp_path, stereo):
+    """mask: SAM-Audio's own joint masks (engines/sam.py); mono: the pipeline's stemsets.share."""
     sam_env.engine()
     mix = make_mix(tmp_path, seconds=3.0)
-    _, alone = _run(mix.path, tmp_path / "alone", ["bass"], engine="sam", quality="fast")
-    _, both = _run(mix.path, tmp_path / "both", ["bass", "low"], engine="sam", quality="fast")
+    opts = {"engine": "sam", "quality": "fast", "output": OutputOptions(stereo=stereo)}
+    _, alone = _run(mix.path, tmp_path / "alone", ["bass"], **opts)
+    _, both = _run(mix.path, tmp_path / "both", ["bass", "low"], **opts)
     single = _energy(alone[0])
-    # "bass" and "low" claim the same band: each gets half of it (a quarter of the energy).
-    assert _energy(both[0] + both[1]) == pytest.approx(single, rel=0.05)
-    assert _energy(both[0]) == pytest.approx(single / 4, rel=0.1)
+    # "bass" and "low" claim the same band: each gets about half of it (a quarter of the energy).
+    assert _energy(both[0] + both[1]) == pytest.approx(single, rel=0.1)
+    assert _energy(both[0]) == pytest.approx(single / 4, rel=0.15)
     assert np.max(np.abs(both[0] + both[1] + both[2] - mix.mix)) < 1e-5
 
 

@@ -265,6 +265,11 @@ class _Separator:
                 targets[i][group] = audio.resample(y[i], self.engine_rate, self.rate, frames=n)
         return targets
 
+    @property
+    def shared(self) -> bool:
+        """Whether the engine's estimates already share the mix (see SetSeparation.shared)."""
+        return all(sep.shared for sep in self.separations)
+
     def scores(self) -> list[float | None]:
         """The engine's own per-prompt scores (SAM-Audio's judge), from the one channel group
         that has them."""
@@ -453,7 +458,7 @@ def run(
                 read_start = first + chunk.start - context
                 mix = reader.read(read_start, chunk.end - chunk.start + 2 * context)
                 estimates = separator(mix, read_start / rate)
-                if len(texts) > 1:
+                if len(texts) > 1 and not separator.shared:
                     estimates = stemsets.share(mix, estimates)
                 targets = [
                     fader.push(chunk, est[:, context:-context])

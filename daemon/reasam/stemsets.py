@@ -6,7 +6,7 @@ prompts may claim the same sound ("drums" and "percussion" both take the kick). 
 are, the stems would then hold that sound twice and the set would not sum to the mix.
 
 The joint mask (`share`) settles every claim in the time-frequency plane, per channel, with a
-Wiener-style soft mask over the engine's estimates E_i of the mix X (2048-point STFT, hop 512,
+Wiener-style soft mask over the engine's estimates E_i of the mix X (2048-point STFT, hop 1024,
 at the source rate):
 
     p_i = |E_i|^2                  what prompt i claims in a bin
@@ -20,6 +20,8 @@ prompt alone claims a bin it keeps what its own ratio mask p_i / (p_i + |X - E_i
 The `rest` stem is then `region - sum(targets)`, computed by the pipeline from the samples it
 read, which makes `sum(targets) + rest == region` hold to float precision whatever the masks.
 A one-prompt job is not masked here: its target is the engine's estimate, exactly as before.
+SAM-Audio (stereo mode `mask`) applies the same rule itself, to its mono model outputs, when it
+rebuilds stereo (engines/sam.py `ratio_mask_stems`), so its sets skip this second pass.
 
 Presence: each target's energy relative to the region's, in dB. A target below
 `PRESENCE_THRESHOLD_DB` is reported as not present: what an engine returns when the sound asked
@@ -42,7 +44,7 @@ PRESENCE_THRESHOLD_DB = -30.0
 # Reported for a silent target (the true figure is minus infinity, which JSON cannot hold).
 SILENT_DB = -120.0
 SHARE_FFT = 2048
-SHARE_HOP = 512
+SHARE_HOP = 1024  # 50 % overlap: Hann windows still sum to a constant
 _EPS = 1e-12
 
 
@@ -65,9 +67,10 @@ def share(mix: np.ndarray, estimates: np.ndarray) -> np.ndarray:
     )
     mix_spec = spec[:channels]
     est = spec[channels:].reshape(prompts, channels, *spec.shape[1:])
-    claims = est.abs().square()
-    rest = (mix_spec[None] - est).abs().square().amin(dim=0)
-    masks = claims / (claims.sum(dim=0) + rest + _EPS)
+    claims = _power(est)
+    rest = _power(mix_spec[None] - est).amin(dim=0)
+    total = claims.sum(dim=0).add_(rest).add_(_EPS)
+    masks = claims.div_(total)
     out = torch.istft(
         (masks * mix_spec[None]).reshape(prompts * channels, *spec.shape[1:]),
         SHARE_FFT,
@@ -77,6 +80,12 @@ def share(mix: np.ndarray, estimates: np.ndarray) -> np.ndarray:
         length=n,
     )
     return out.reshape(prompts, channels, n).numpy()
+
+
+def _power(spec: torch.Tensor) -> torch.Tensor:
+    """|z|² of a complex tensor without the square root of abs()."""
+    parts = torch.view_as_real(spec)
+    return parts[..., 0].square() + parts[..., 1].square()
 
 
 def presence_db(target_energy: float, region_energy: float) -> float | None:

@@ -86,6 +86,9 @@ class SetSeparation(ABC):
     """The prompts of a stem set prepared for one job; called once per chunk (and channel group)."""
 
     notes: Sequence[str] = ()
+    # True when the estimates already share the mix jointly (masks that sum to at most one per
+    # time-frequency bin, stemsets.share's rule); the pipeline then does not share them again.
+    shared: bool = False
 
     @abstractmethod
     def separate(self, audio: np.ndarray, start: float) -> np.ndarray:

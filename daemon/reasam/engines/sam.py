@@ -41,9 +41,11 @@ channel of the original, so each stem keeps the mix's stereo image and its bits 
 original audio; the pipeline's residual = mix - target keeps the sum exact. `mono` mode returns
 the raw model target on every channel.
 
-Cancel: a forward pre-hook on the model's transformer, which upstream calls once per model
-evaluation (odeint → vector_field → forward → self.transformer), runs the job's checkpoint, so
-a cancel stops a call within one evaluation; the model itself is untouched and stays loaded.
+Cancel: forward pre-hooks on the model's transformer, which upstream calls once per model
+evaluation (odeint → vector_field → forward → self.transformer), and on each of its blocks
+(`DiT.forward` runs `for layer in self.layers`, sam_audio/model/transformer.py) run the job's
+checkpoint, so a cancel stops a call within one transformer block; the model itself is
+untouched and stays loaded.
 
 "Not found": with the judge loaded, each target is also scored by it against its text (the
 judge's `overall`, averaged over chunks by length), for the manifest's presence figures.
@@ -185,15 +187,24 @@ def ratio_mask_stems(
 
     `mix` is (channels, n), `target` and `residual` (n,), all float32 on one device. Returns the
     masked mix, (channels, n). A mask of ones gives back `mix` to float precision.
+
+    For a stem set, `target` and `residual` are (prompts, n): the mix is transformed once, and
+    the masks are the joint ones of stemsets.share, |T_i|^p / (sum_j |T_j|^p + min_j |R_j|^p),
+    from the model's own mono outputs, so prompts that claim the same sound share it. Returns
+    (prompts * channels, n), prompt by prompt. One prompt gives exactly the mask above.
     """
     n = mix.shape[-1]
+    channels = mix.shape[0]
+    targets, residuals = target.reshape(-1, n), residual.reshape(-1, n)
+    count = targets.shape[0]
     window = torch.hann_window(MASK_FFT, device=mix.device)
-    stacked = torch.cat([mix, target[None], residual[None]], dim=0)
+    stacked = torch.cat([mix, targets, residuals], dim=0)
     spec = torch.stft(stacked, MASK_FFT, MASK_HOP, window=window, center=True, return_complex=True)
-    t, r = spec[-2].abs().pow(power), spec[-1].abs().pow(power)
-    mask = t / (t + r + MASK_EPS)
-    out = torch.istft(spec[:-2] * mask, MASK_FFT, MASK_HOP, window=window, center=True, length=n)
-    return out
+    t = spec[channels : channels + count].abs().pow(power)
+    r = spec[channels + count :].abs().pow(power)
+    mask = t / (t.sum(dim=0) + r.amin(dim=0) + MASK_EPS)  # (prompts, bins, frames)
+    masked = (spec[None, :channels] * mask[:, None]).reshape(count * channels, *spec.shape[1:])
+    return torch.istft(masked, MASK_FFT, MASK_HOP, window=window, center=True, length=n)
 
 
 class _SamSeparation(Separation):
@@ -338,12 +349,12 @@ class _SamSeparation(Separation):
             return targets.repeat_interleave(channels, dim=0).cpu().numpy()
         t0 = time.perf_counter()
         mix = torch.from_numpy(audio).to(device=targets.device, dtype=torch.float32)
-        out = torch.cat([ratio_mask_stems(mix, t, r) for t, r in zip(targets, residuals, strict=True)])
+        out = ratio_mask_stems(mix, targets, residuals)
         self._count("mask_seconds", time.perf_counter() - t0)
         return out.cpu().numpy()
 
     def _stop_between_evaluations(self, module: torch.nn.Module, args: Any) -> None:
-        """Forward pre-hook on the transformer: the job's checkpoint before each evaluation."""
+        """Forward pre-hook on the transformer and its blocks: the job's checkpoint."""
         self.checkpoint()
 
     def _call(self, x: np.ndarray, anchors: list | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,7 +374,11 @@ class _SamSeparation(Separation):
             audios=[wav] * count,
             anchors=[anchors] * count if anchors else None,
         ).to(lm.device)
-        hook = lm.model.transformer.register_forward_pre_hook(self._stop_between_evaluations)
+        transformer = lm.model.transformer
+        hooks = [
+            module.register_forward_pre_hook(self._stop_between_evaluations)
+            for module in (transformer, *getattr(transformer, "layers", ()))
+        ]
         try:
             self.checkpoint()
             with torch.inference_mode(), seeded(lm.device, seed):
@@ -371,7 +386,8 @@ class _SamSeparation(Separation):
                     batch, reranking_candidates=self.candidates, ode_opt=self.preset.ode_opt
                 )
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         n = x.shape[0]
 
         def fit(wav: torch.Tensor) -> torch.Tensor:
@@ -435,11 +451,13 @@ class _SamSeparation(Separation):
 
 
 class _SamSet(SetSeparation):
-    """A stem set's view of a batched `_SamSeparation`."""
+    """A stem set's view of a batched `_SamSeparation`. In `mask` stereo mode its masks are
+    already joint (`ratio_mask_stems`), so the pipeline does not share them out again."""
 
     def __init__(self, separation: _SamSeparation) -> None:
         self.separation = separation
         self.notes = separation.notes
+        self.shared = separation.stereo == "mask"
 
     @property
     def stats(self) -> dict[str, float]:

@@ -33,7 +33,9 @@ Each fact names the upstream file it stands in for:
   over one audio are a batch of the same audio repeated, one description each.
 - Model evaluations (sam_audio/model/model.py `separate`): `odeint` calls `vector_field`, which
   calls `self.forward`, which calls `self.transformer(...)` as a module, once per evaluation
-  (`nfe_of(ode_opt)` times): a forward hook on `model.transformer` runs before each of them.
+  (`nfe_of(ode_opt)` times), whose `forward` calls each of its `layers` as a module
+  (sam_audio/model/transformer.py `DiT.forward`): forward hooks on `model.transformer` and on
+  its layers run before each evaluation and each block.
 - `separate(batch, noise=None, ode_opt=DFLT_ODE_OPT, reranking_candidates=1,
   predict_spans=False)` (sam_audio/model/model.py), in upstream's order: the model inputs
   (anchors included) are built from the batch first; then, if asked and a span predictor exists
@@ -275,16 +277,33 @@ class VisionEncoder(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(dim, dim))
 
 
+class Layer(torch.nn.Module):
+    """One DiT block (sam_audio/model/transformer.py); the double's work is a sleep."""
+
+    def forward(self, x: torch.Tensor, seconds: float = 0.0) -> torch.Tensor:
+        if seconds:
+            time.sleep(seconds)
+        return x
+
+
 class Transformer(torch.nn.Module):
     """Stands in for the DiT (sam_audio/model/transformer.py): called once per model evaluation,
-    through `Module.__call__`, so forward hooks on it fire as they do upstream."""
+    through `Module.__call__`, and, as upstream's `DiT.forward` does (`for layer in
+    self.layers: h = layer(...)`), it calls its blocks one by one, so forward hooks on it and on
+    its layers fire as they do upstream. The simulated work of an evaluation (`rtf`) is spread
+    over the blocks."""
+
+    LAYERS = 8
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(dim, dim))
         self.gain = torch.nn.Parameter(torch.ones(1))
+        self.layers = torch.nn.ModuleList(Layer() for _ in range(self.LAYERS))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seconds: float = 0.0) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, seconds / len(self.layers))
         return x * self.gain.to(x.dtype)
 
 
@@ -513,9 +532,7 @@ class SAMAudio(BaseModel):
         # Upstream's odeint calls vector_field -> self.forward -> self.transformer(...) once per
         # evaluation; the work (the `rtf` sleep) is spread over those calls.
         for _ in range(nfe):
-            self.transformer(noise[:, :1])
-            if seconds:
-                time.sleep(seconds / nfe)
+            self.transformer(noise[:, :1], seconds / nfe)
         scales = [1.0 - 0.1 * (k - 1 - c) / (k - 1) if k > 1 else 1.0 for c in range(k)]
         wavs, candidates = [], []
         for b in range(bsz):
