@@ -11,8 +11,11 @@
    the job reported "preparing" (inside the first chunk); the figure is the time from the cancel
    request to the job's `cancelled` event.
 
+With `--real --skip-cancel`, part 1 runs on the installed SAM-Audio (configured as for the
+daemon) instead of the double.
+
 Usage: python bench/stem_sets.py [--seconds 60] [--rtf 0,0.1] [--cancel-runs 3]
-       [--cancel-engines dsp,spleeter,sam] [--skip-sets] [--skip-cancel]
+       [--cancel-engines dsp,spleeter,sam] [--skip-sets] [--skip-cancel] [--real]
 """
 
 from __future__ import annotations
@@ -50,15 +53,22 @@ def mix(seconds: float) -> np.ndarray:
     return np.stack([mono, 0.8 * mono]).astype(np.float32)
 
 
-def sets_vs_singles(tmp: Path, source: Path, rtfs: list[float]) -> None:
+def _double_setups(tmp: Path, rtfs: list[float]) -> list[tuple[str, models.ModelManager]]:
     from sam_audio.testing import write_extras_cache, write_model_dir
 
     hub = tmp / "hub"
     write_extras_cache(hub)
-    rows = []
+    setups = []
     for rtf in rtfs:
         folder = write_model_dir(tmp / f"double-{rtf:g}", "base", rtf=rtf)
-        manager = models.ModelManager(models.SamSettings(model_path=folder, variant="base", cache_dir=hub))
+        settings = models.SamSettings(model_path=folder, variant="base", cache_dir=hub)
+        setups.append((f"double, simulated RTF {rtf:g}", models.ModelManager(settings)))
+    return setups
+
+
+def sets_vs_singles(tmp: Path, source: Path, setups: list[tuple[str, models.ModelManager]]) -> None:
+    rows = []
+    for setup, manager in setups:
         engine = sam.SamEngine(manager)
         engines._instances["sam"] = engine
         manager.acquire().release()  # loaded before timing
@@ -71,7 +81,7 @@ def sets_vs_singles(tmp: Path, source: Path, rtfs: list[float]) -> None:
             before = dict(engine.totals)
             t0 = time.perf_counter()
             for i, prompts in enumerate(jobs):
-                out = tmp / f"{label.replace(' ', '-')}-{rtf:g}-{i}"
+                out = tmp / f"{label.replace(' ', '-')}-{len(rows)}-{i}"
                 request = Request(
                     source, prompt=prompts[0], extra_prompts=tuple(prompts[1:]), engine="sam", quality="fast"
                 )
@@ -80,10 +90,10 @@ def sets_vs_singles(tmp: Path, source: Path, rtfs: list[float]) -> None:
             calls = engine.totals["calls"] - before["calls"]
             model_s = engine.totals["model_seconds"] - before["model_seconds"]
             results[label] = wall
-            rows.append([f"{rtf:g}", label, int(calls), model_s, wall, wall - model_s])
+            rows.append([setup, label, int(calls), model_s, wall, wall - model_s])
         rows.append(
             [
-                f"{rtf:g}",
+                setup,
                 "ratio set / singles",
                 "",
                 "",
@@ -92,8 +102,8 @@ def sets_vs_singles(tmp: Path, source: Path, rtfs: list[float]) -> None:
             ]
         )
         manager.unload()
-    print("### 1. A 4-prompt set vs four one-prompt jobs (SAM-Audio test double, quality fast)\n")
-    table(["simulated RTF", "run", "model calls", "model s", "wall s", "ours s"], rows)
+    print("### 1. A 4-prompt set vs four one-prompt jobs (SAM-Audio, quality fast)\n")
+    table(["model", "run", "model calls", "model s", "wall s", "ours s"], rows)
 
 
 def cancel_latency(tmp: Path, source: Path, names: list[str], runs: int, after: float) -> None:
@@ -166,16 +176,28 @@ def main() -> None:
     parser.add_argument("--cancel-after", type=float, default=1.0)
     parser.add_argument("--cancel-engines", default="dsp,spleeter,sam")
     parser.add_argument("--skip-sets", action="store_true")
+    parser.add_argument(
+        "--real", action="store_true", help="part 1 on the installed SAM-Audio, not the double"
+    )
     parser.add_argument("--skip-cancel", action="store_true")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests" / "sam_double"))
+    if not args.real or not args.skip_cancel:  # the cancel figures always use the double
+        sys.path.insert(0, str(REPO / "tests" / "sam_double"))
     header("Stem sets and cancel latency")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if not args.skip_sets:
             source = tmp / "clip.wav"
             sf.write(source, mix(args.seconds).T, SR, subtype="FLOAT")
-            sets_vs_singles(tmp, source, [float(x) for x in args.rtf.split(",") if x])
+            if args.real:
+                problem = models.sam_audio_problem()
+                if problem is not None:
+                    sys.exit(f"sam_audio is not usable: {problem}")
+                base = models.SamSettings.from_env()
+                setups = [(f"SAM-Audio {models.ModelManager(base).variant()}", models.ModelManager(base))]
+            else:
+                setups = _double_setups(tmp, [float(x) for x in args.rtf.split(",") if x])
+            sets_vs_singles(tmp, source, setups)
         if not args.skip_cancel:
             long = tmp / "long.wav"
             sf.write(long, mix(SECONDS_LONG).T, SR, subtype="PCM_16")
