@@ -1,6 +1,7 @@
 """Stem sets and cancel: what one multi-prompt job saves, and how fast a cancel lands.
 
-1. A 4-prompt stem set against four one-prompt jobs on the same file, SAM-Audio through the test
+1. A 4-prompt stem set against four one-prompt jobs on the same file (and spleeter's three
+   stems as a set against three jobs), SAM-Audio through the test
    double (tests/sam_double): model calls, seconds inside the model, wall seconds, and the wall
    ratio set / singles. The double's simulated model time grows linearly with the batch
    (`rtf` x seconds x batch size), the worst case for batching; with `--rtf 0` it spends nothing,
@@ -106,6 +107,24 @@ def sets_vs_singles(tmp: Path, source: Path, setups: list[tuple[str, models.Mode
     table(["model", "run", "model calls", "model s", "wall s", "ours s"], rows)
 
 
+def spleeter_set(tmp: Path, source: Path) -> None:
+    """The embedded counterpart: spleeter's three stems as one set against three jobs."""
+    prompts = ("vocals", "accompaniment", "drums")
+    engines.get("spleeter").warm()
+    rows, walls = [], {}
+    for label, jobs in (("3-stem set", [list(prompts)]), ("3 one-prompt jobs", [[p] for p in prompts])):
+        t0 = time.perf_counter()
+        for i, job in enumerate(jobs):
+            out = tmp / f"spleeter-{label.replace(' ', '-')}-{i}"
+            request = Request(source, prompt=job[0], extra_prompts=tuple(job[1:]), engine="spleeter")
+            pipeline.run(request, out, out.name)
+        walls[label] = time.perf_counter() - t0
+        rows.append([label, walls[label]])
+    rows.append(["ratio set / singles", walls["3-stem set"] / walls["3 one-prompt jobs"]])
+    print("### 1b. spleeter: vocals, accompaniment, drums as a set vs three jobs (balanced)\n")
+    table(["run", "wall s"], rows)
+
+
 def cancel_latency(tmp: Path, source: Path, names: list[str], runs: int, after: float) -> None:
     from sam_audio.testing import write_extras_cache, write_model_dir
 
@@ -198,6 +217,7 @@ def main() -> None:
             else:
                 setups = _double_setups(tmp, [float(x) for x in args.rtf.split(",") if x])
             sets_vs_singles(tmp, source, setups)
+            spleeter_set(tmp, source)
         if not args.skip_cancel:
             long = tmp / "long.wav"
             sf.write(long, mix(SECONDS_LONG).T, SR, subtype="PCM_16")

@@ -156,6 +156,25 @@ def test_drums_and_percussion_on_dsp_do_not_double_the_energy(tmp_path):
     assert np.max(np.abs(np.sum(both, axis=0) - mix)) < 1e-5
 
 
+def test_spleeter_runs_its_networks_once_for_a_whole_set(tmp_path, monkeypatch):
+    from reasam.engines import spleeter
+    from reasam.engines.base import Prompt
+
+    _, mix = _drum_mix(tmp_path)
+    engine = engines.get("spleeter")
+    prompts = [Prompt("vocals"), Prompt("drums"), Prompt("accompaniment")]
+    fetch = no_spans = lambda span: None  # these prompts have no spans to fetch
+    calls = []
+    original = spleeter.UNet.__call__
+    monkeypatch.setattr(spleeter.UNet, "__call__", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    singles = np.stack([engine.prepare(p, "fast", fetch, RATE).separate(mix, 0.0) for p in prompts])
+    single_calls = len(calls)
+    calls.clear()
+    together = engine.prepare_set(prompts, "fast", no_spans, RATE).separate(mix, 0.0)
+    assert len(calls) * 3 == single_calls  # both networks once, not once per prompt
+    assert np.max(np.abs(together - singles)) < 1e-6  # each stem is the one-prompt job's
+
+
 def test_share_masks_never_claim_more_than_the_mix():
     rng = np.random.default_rng(1)
     mix = rng.standard_normal((2, 8192)).astype(np.float32)

@@ -31,7 +31,7 @@ import importlib.util
 import math
 import pickle
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,7 +40,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ReasamError
-from .base import Capabilities, Checkpoint, Engine, Prompt, Separation, SpanFetcher, no_checkpoint
+from .base import (
+    Capabilities,
+    Checkpoint,
+    Engine,
+    Prompt,
+    Separation,
+    SetSeparation,
+    SpanFetcher,
+    no_checkpoint,
+)
 
 SAMPLE_RATE = 44_100
 N_FFT = 4096
@@ -371,16 +380,27 @@ class SpleeterModel:
         Spleeter's Wiener-like mask (est² + eps/2) / (Σ est² + eps): the two stems' masks sum
         to one everywhere, in each pass and so in their average.
         """
+        return self.ratio_masks(spec, (stem,), quality, checkpoint)[stem]
+
+    def ratio_masks(
+        self,
+        spec: torch.Tensor,
+        stems: tuple[str, ...],
+        quality: str = "balanced",
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> dict[str, torch.Tensor]:
+        """`ratio_mask` of several stems from one run of the networks (a stem set)."""
         nets = self.networks(quality)
         frames = spec.shape[-1]
-        masks = []
+        masks: dict[str, list[torch.Tensor]] = {stem: [] for stem in stems}
         for offset in QUALITY_OFFSETS[quality]:
             power = {
                 name: est.square_() for name, est in self.estimates(spec, nets, offset, checkpoint).items()
             }
-            ratio = (power[stem] + MASK_EPS / 2) / (power["vocals"] + power["accompaniment"] + MASK_EPS)
-            masks.append(self.as_spectrogram(ratio, frames, offset))
-        return masks[0] if len(masks) == 1 else sum(masks[1:], masks[0]) / len(masks)
+            total = power["vocals"] + power["accompaniment"] + MASK_EPS
+            for stem in stems:
+                masks[stem].append(self.as_spectrogram((power[stem] + MASK_EPS / 2) / total, frames, offset))
+        return {stem: m[0] if len(m) == 1 else sum(m[1:], m[0]) / len(m) for stem, m in masks.items()}
 
     def separate(
         self,
@@ -399,22 +419,38 @@ class SpleeterModel:
         is asked for exactly n samples and normalises by the window sum actually present, so the
         first and last samples are exact too.
         """
+        return self.separate_stems(audio, (stem,), quality, mask_extension, checkpoint)[stem]
+
+    def separate_stems(
+        self,
+        audio: np.ndarray,
+        stems: tuple[str, ...],
+        quality: str = "balanced",
+        mask_extension: str = "average",
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> dict[str, np.ndarray]:
+        """`separate` for several stems from one STFT and one run of the networks: a stem set
+        costs what one stem costs, plus an inverse STFT per extra stem."""
         if mask_extension not in MASK_EXTENSIONS:
             raise ValueError(f"mask_extension must be one of {MASK_EXTENSIONS}, got {mask_extension!r}")
         n = audio.shape[-1]
         if n == 0:
-            return np.zeros(audio.shape, dtype=np.float32)
+            return {stem: np.zeros(audio.shape, dtype=np.float32) for stem in stems}
         wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+        out = {}
         with torch.inference_mode():
-            spec = torch.stft(wav, N_FFT, HOP, window=self.window, pad_mode="constant", return_complex=True)
-            low = self.ratio_mask(spec, stem, quality, checkpoint)
-            spec[:, :BINS].mul_(low)
-            if mask_extension == "average":
-                spec[:, BINS:].mul_(low.mean(dim=1, keepdim=True))
-            else:
-                spec[:, BINS:].zero_()
-            out = self.istft(spec, n)
-        return out.cpu().numpy()
+            mix = torch.stft(wav, N_FFT, HOP, window=self.window, pad_mode="constant", return_complex=True)
+            masks = self.ratio_masks(mix, stems, quality, checkpoint)
+            for index, stem in enumerate(stems):
+                spec = mix if index == len(stems) - 1 else mix.clone()  # the last one works in place
+                low = masks[stem]
+                spec[:, :BINS].mul_(low)
+                if mask_extension == "average":
+                    spec[:, BINS:].mul_(low.mean(dim=1, keepdim=True))
+                else:
+                    spec[:, BINS:].zero_()
+                out[stem] = self.istft(spec, n).cpu().numpy()
+        return out
 
     def istft(self, spec: torch.Tensor, n: int) -> torch.Tensor:
         """Inverse of the centred STFT, exactly `n` samples: windowed overlap-add over the window sum.
@@ -472,6 +508,41 @@ class _SpleeterSeparation(Separation):
                 "engine_failed", f"spleeter needs stereo (2, frames) audio, got shape {audio.shape}"
             )
         return self._model.separate(audio, self._stem, self._quality, self._mask_extension, self._checkpoint)
+
+
+class _SpleeterSet(SetSeparation):
+    """A stem set of vocals, accompaniment and drums: the networks run once per chunk for all of
+    them, and drums are the percussive part of that same accompaniment (as `_Cascade` does)."""
+
+    def __init__(
+        self,
+        model: SpleeterModel,
+        stems: list[str],
+        quality: str,
+        mask_extension: str,
+        percussive: Separation | None,
+        checkpoint: Checkpoint,
+    ) -> None:
+        self._model = model
+        self._stems = stems
+        self._quality = quality
+        self._mask_extension = mask_extension
+        self._percussive = percussive
+        self._checkpoint = checkpoint
+        needed = {"accompaniment" if s == "drums" else s for s in stems}
+        self._needed = tuple(s for s in STEMS if s in needed)
+
+    def separate(self, audio: np.ndarray, start: float) -> np.ndarray:
+        if audio.ndim != 2 or audio.shape[0] != 2:
+            raise ReasamError(
+                "engine_failed", f"spleeter needs stereo (2, frames) audio, got shape {audio.shape}"
+            )
+        parts = self._model.separate_stems(
+            audio, self._needed, self._quality, self._mask_extension, self._checkpoint
+        )
+        if self._percussive is not None:
+            parts["drums"] = self._percussive.separate(parts["accompaniment"], start)
+        return np.stack([parts[s] for s in self._stems])
 
 
 class SpleeterEngine(Engine):
@@ -544,6 +615,34 @@ class SpleeterEngine(Engine):
         sample_rate: int,
         checkpoint: Checkpoint = no_checkpoint,
     ) -> Separation:
+        stem = self._stem_of(prompt, quality, sample_rate)
+        if stem == "drums":
+            # Harmonic/percussive separation alone puts speech and vocal transients into the
+            # drums; taking the vocals out first measured +5 dB SI-SDR on a full mix (README).
+            accompaniment = _SpleeterSeparation(
+                self.model(), "accompaniment", quality, self._mask_extension, checkpoint
+            )
+            return _Cascade(accompaniment, self._percussive(quality, fetch_span, sample_rate, checkpoint))
+        return _SpleeterSeparation(self.model(), stem, quality, self._mask_extension, checkpoint)
+
+    def prepare_set(
+        self,
+        prompts: Sequence[Prompt],
+        quality: str,
+        fetch_span: SpanFetcher,
+        sample_rate: int,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> SetSeparation:
+        """Every prompt from one run of the networks per chunk (`_SpleeterSet`); each stem is
+        what the one-prompt job gives."""
+        stems = [self._stem_of(p, quality, sample_rate) for p in prompts]
+        percussive = (
+            self._percussive(quality, fetch_span, sample_rate, checkpoint) if "drums" in stems else None
+        )
+        return _SpleeterSet(self.model(), stems, quality, self._mask_extension, percussive, checkpoint)
+
+    def _stem_of(self, prompt: Prompt, quality: str, sample_rate: int) -> str:
+        """The canonical stem of a prompt, or the one-line error saying why it cannot run."""
         if sample_rate != SAMPLE_RATE:
             raise ReasamError("internal", f"spleeter runs at {SAMPLE_RATE} Hz, was given {sample_rate} Hz")
         stem = self.canonical_prompt(prompt.text)
@@ -556,14 +655,12 @@ class SpleeterEngine(Engine):
             raise ReasamError(
                 "bad_request", f"quality must be one of {', '.join(QUALITY_OFFSETS)}, got {quality!r}"
             )
-        if stem == "drums":
-            # Harmonic/percussive separation alone puts speech and vocal transients into the
-            # drums; taking the vocals out first measured +5 dB SI-SDR on a full mix (README).
-            from . import get
+        return stem
 
-            accompaniment = _SpleeterSeparation(
-                self.model(), "accompaniment", quality, self._mask_extension, checkpoint
-            )
-            percussive = get("dsp").prepare(Prompt("drums"), quality, fetch_span, sample_rate, checkpoint)
-            return _Cascade(accompaniment, percussive)
-        return _SpleeterSeparation(self.model(), stem, quality, self._mask_extension, checkpoint)
+    @staticmethod
+    def _percussive(
+        quality: str, fetch_span: SpanFetcher, sample_rate: int, checkpoint: Checkpoint
+    ) -> Separation:
+        from . import get
+
+        return get("dsp").prepare(Prompt("drums"), quality, fetch_span, sample_rate, checkpoint)
