@@ -122,8 +122,8 @@ class Client:
         return dict(zip(("version", "engines", "device", "model_state"), args, strict=False))
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> tuple[dict[str, Any], int]:
-        """Cancel a job and wait (up to `timeout`) for it to stop: a running job stops only at
-        its next chunk. Returns the printed result and the exit code (0 when cancelled or
+        """Cancel a job and wait (up to `timeout`) for it to stop: a running job stops at its
+        engine's next step. Returns the printed result and the exit code (0 when cancelled or
         already finished)."""
         address, reply = self.request("/reasam/cancel", [job_id, *self.auth()], _job_reply(job_id))
         deadline = time.monotonic() + timeout

@@ -50,7 +50,7 @@ class NoAnswer(Exception):
 
 
 class JobCancelled(Exception):
-    """Raised inside a running job when its cancel flag is seen at a chunk boundary."""
+    """Raised inside a running job when its cancel flag is seen (between chunks or engine steps)."""
 
 
 def bad_request(message: str) -> ReasamError:

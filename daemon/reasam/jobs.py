@@ -651,8 +651,9 @@ class JobManager:
         return Submitted(job_id, _status_from_row(row), None, False, json.loads(row["origin"]))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a job. A queued job is cancelled at once; a running one at its next chunk (the
-        `cancelled` event follows). A finished job is left as it is. Returns its status now."""
+        """Cancel a job. A queued job is cancelled at once; a running one at its engine's next
+        step, within a second (the `cancelled` event follows). A finished job is left as it is.
+        Returns its status now."""
         with self._cond:
             job = self._jobs.get(job_id)
             if job is None:

@@ -669,7 +669,7 @@ class Server:
             except BaseException:
                 self._unwatch(job_id, reply_to)
                 raise
-            if status["state"] == "running":  # the watcher hears `cancelled` at the next chunk
+            if status["state"] == "running":  # the watcher hears `cancelled` soon after
                 self.send(reply_to, "/reasam/progress", job_id, float(status["fraction"]), "cancelling")
             elif self._unwatch(job_id, reply_to):  # no event carried it: the job had already ended
                 self._reply_state(reply_to, status, None)

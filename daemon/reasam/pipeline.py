@@ -372,7 +372,8 @@ def run(
     stands (its stems sum to what it read) and its differing digest keeps it out of the cache.
 
     Raises ReasamError for anything the user can fix or should know, JobCancelled when
-    `cancelled()` turns true at a chunk boundary. Either way no stem is left under its final
+    `cancelled()` turns true: asked at every chunk boundary and, through the engine's checkpoint,
+    between the engine's own steps. Either way no stem is left under its final
     name; temporary files are removed.
     """
     started = time.monotonic()

@@ -26,7 +26,7 @@ local FILE_POLL_CLI = 0.25
 local FILE_POLL_UDP = 1.0
 local STALL_PING = 15 -- s without news before checking the daemon is alive
 local STALL_FAIL = 45 -- s without news or pong before giving up
-local CANCEL_WAIT = 20 -- s to wait for the daemon to confirm a cancel (it stops at a chunk's end)
+local CANCEL_WAIT = 20 -- s to wait for the daemon to confirm a cancel (it stops at the engine's next step)
 local PEAK_BUDGET = 0.01 -- s of peak building per tick
 
 ---------------------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ function Cli:separate(job)
   return self:run("send", args, job.id)
 end
 
--- `reasam cancel` waits for the daemon to confirm (the job stops at a chunk's end); its result
+-- `reasam cancel` waits for the daemon to confirm (the job stops at the engine's next step); its result
 -- comes back as a "cancel_result" event, and the runner asks again while the job still runs.
 local CANCEL_TIMEOUT = 5
 
