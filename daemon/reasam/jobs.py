@@ -324,9 +324,9 @@ def _own_files(request: Request, job_dir: Path) -> set[str]:
     """Names of the files a job of `request` writes into its folder besides status.json: its
     stems and manifest (by the pipeline or the cache). Their temporaries are `audio.temp_name`s
     of these and of status.json."""
-    from .pipeline import stem_files
+    from .pipeline import stem_plan
 
-    return {path.name for path in stem_files(request, job_dir).values()} | {"manifest.json"}
+    return {plan.path.name for plan in stem_plan(request, job_dir)} | {"manifest.json"}
 
 
 def clear_outputs(job: Job) -> None:
