@@ -9,7 +9,7 @@ local C = require("check")
 local wav = require("wav")
 local socket = require("socket")
 
-local MAX_TICK = 0.1 -- seconds; REAPER's UI must never wait on a ReaSAM tick longer than this
+local MAX_TICK = 0.1 -- CPU seconds; REAPER's UI must never wait on a ReaSAM tick longer than this
 
 local TRANSPORTS = {
   { name = "UDP", sockets = true },
