@@ -1,10 +1,12 @@
 -- The import of a finished job, without a daemon: a manifest and its stem files made here. A
 -- failure half-way must leave the project as it was (no half-made tracks or stray items).
 local H = require("helpers")
+local C = require("check")
 local wav = require("wav")
 
 describe("importer", function()
   local dir, source, target, residual, model, importer, selection
+  local set_found, set_absent, set_rest -- a set's stems: found, not found (near silence), the rest
   local RATE = 8000
 
   setup(function()
@@ -20,6 +22,16 @@ describe("importer", function()
     wav.write(source, RATE, 2, s)
     wav.write(target, RATE, 2, t)
     wav.write(residual, RATE, 2, r)
+    local f, a, rest = {}, {}, {}
+    for i = 1, frames * 2 do
+      f[i] = s[i] * 0.25
+      a[i] = s[i] * 0.001
+      rest[i] = s[i] - f[i] - a[i]
+    end
+    set_found, set_absent, set_rest = dir .. "/set_found.wav", dir .. "/set_absent.wav", dir .. "/set_rest.wav"
+    wav.write(set_found, RATE, 2, f, 32) -- float, as the daemon writes stems
+    wav.write(set_absent, RATE, 2, a, 32)
+    wav.write(set_rest, RATE, 2, rest, 32)
   end)
   teardown(function()
     H.rmtree(dir)
@@ -134,4 +146,103 @@ describe("importer", function()
     assert.are.equal(0, #model.undo)
     assert.are.equal(1, #model.tracks)
   end)
+
+  -- A stem set's manifest: "harmonic" found, "drums" not found, and the rest (region minus both).
+  local function set_manifest()
+    local function stem(role, name, path, present)
+      return { role = role, name = name, path = path, channels = 2, frames = RATE * 4, region_start = 0,
+        region_end = 4, present = present }
+    end
+    return { sample_rate = RATE, stems = { stem("target", "drums", set_absent, false),
+      stem("target", "harmonic", set_found, true), stem("residual", "residual", set_rest) } }
+  end
+
+  local function set_job(item, id)
+    local job = job_for(item, id)
+    job.prompt_name = "drums, harmonic, rest"
+    return job
+  end
+
+  it("puts a stem set's not-found target on a muted track, so the tracks still sum to the original", function()
+    local tr = model.add_track("Keys")
+    local item = model.add_item(tr, { file = source, position = 1 })
+    local res = assert(importer.import_set(set_job(item), set_manifest(), { mute = true, batch = "b" }))
+    balanced()
+    assert.are.same({ "drums" }, res.skipped)
+    assert.are.same({ "Keys", "drums, harmonic, rest (ReaSAM)", "harmonic", "rest", "drums (not found)" },
+      C.track_names(model))
+    assert.are.same({ 0, 0, 1 }, { model.tracks[3].info.B_MUTE, model.tracks[4].info.B_MUTE,
+      model.tracks[5].info.B_MUTE })
+    assert.are.equal(-1, model.tracks[5].info.I_FOLDERDEPTH) -- inside the folder
+    local items = { model.tracks[3].items[1], model.tracks[4].items[1], model.tracks[5].items[1] }
+    assert.is_true(C.set_sum(item, items) > 0)
+    assert.is_false(pcall(C.set_sum, item, { items[1], items[2] })) -- without it the sum is off
+  end)
+
+  -- A run's import phase without a daemon: jobs marked done with manifests written here.
+  local function write_manifest(path, m)
+    local f = assert(io.open(path, "w"))
+    f:write(H.json_encode(m))
+    f:close()
+  end
+
+  local function finished_run(opts, manifests)
+    local runner = H.lib(model, "runner")
+    local requests = {}
+    for i = 1, #manifests do
+      local item = model.add_item(model.add_track("T" .. i), { file = source, position = i })
+      requests[i] = assert(selection.map_item(item))
+    end
+    opts.requests = requests
+    local run = runner.new(opts)
+    for i, job in ipairs(run.jobs) do
+      job.state = "done"
+      job.manifest_path = dir .. "/m-" .. job.id .. ".json"
+      write_manifest(job.manifest_path, manifests[i])
+    end
+    return run
+  end
+
+  -- Calls import_one as the defer loop does, tick by tick, until no job waits; returns the most
+  -- items one call added.
+  local function import_ticks(run)
+    local most, calls = 0, 0
+    repeat
+      local n0 = model.items_added
+      run:import_one()
+      balanced()
+      most = math.max(most, model.items_added - n0)
+      calls = calls + 1
+      local waiting = false
+      for _, job in ipairs(run.jobs) do waiting = waiting or job.state == "done" end
+    until not waiting or calls > 50
+    return most, calls
+  end
+
+  for _, case in ipairs({
+    { "a stem set", { title = "set", prompt_text = "drums", prompt_name = "drums, harmonic, rest",
+      prompts = { "drums", "harmonic" } }, set_manifest, 3 },
+    { "a one-undo run", { title = "one", prompt_text = "drums", prompt_name = "drums", one_undo = true },
+      manifest, 2 },
+  }) do
+    it(case[1] .. " imports one job per tick, fails a malformed manifest alone, and makes one undo point",
+      function()
+        local bad = case[3]()
+        bad.stems[1] = 5 -- a malformed entry: indexing it raises a Lua error
+        local run = finished_run(case[2], { case[3](), bad, case[3](), case[3]() })
+        local most, calls = import_ticks(run)
+        assert.are.equal(case[4], most) -- one job's stems per tick, never two jobs
+        assert.are.equal(4, calls)
+        local states = {}
+        for i, job in ipairs(run.jobs) do states[i] = job.state end
+        assert.are.same({ "imported", "error", "imported", "imported" }, states)
+        assert.matches("^import failed: ", run.jobs[2].message)
+        assert.are.equal(1, #model.undo)
+        assert.are.equal("ReaSAM: separate " .. case[2].prompt_name, model.undo[1].desc)
+        assert.is_true(model.undo[1].edits > 0)
+        assert.are.equal(0, model.loose_edits)
+        run:import_one() -- nothing left: no second undo point
+        assert.are.equal(1, #model.undo)
+      end)
+  end
 end)

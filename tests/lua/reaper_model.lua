@@ -70,6 +70,8 @@ function M.new(opts)
     missing = {},
     tick_times = {},
     max_tick = 0,
+    items_added = 0, -- by AddMediaItemToTrack
+    max_tick_items = 0, -- the most items one call (main chunk or deferred) added
     peaks_calls = 0,
     resource = opts.resource or os.tmpname() .. "-res",
     media = opts.media,
@@ -334,6 +336,7 @@ function M.new(opts)
     local item = { kind = "item", track = tr, takes = {}, info = {}, selected = false }
     for k, v in pairs(ITEM_KEYS) do item.info[k] = v end
     tr.items[#tr.items + 1] = item
+    model.items_added = model.items_added + 1
     edit()
     return item
   end
@@ -394,10 +397,27 @@ function M.new(opts)
     if model.undo_depth <= 0 then error("Undo_EndBlock without Undo_BeginBlock") end
     model.undo_depth = model.undo_depth - 1
     if model.undo_depth == 0 then
-      model.undo[#model.undo + 1] = { desc = desc, flags = flags, edits = model.edits - (model.block_start_edits or 0) }
+      model.undo[#model.undo + 1] = { desc = desc, flags = flags, edits = model.edits - (model.block_start_edits or 0),
+        at = model.edits, loose_at = model.loose_edits }
     end
   end
   R.Undo_EndBlock2 = function(_, desc, flags) return R.Undo_EndBlock(desc, flags) end
+  -- Undo_OnStateChangeEx(desc, whichStates, trackparm) (REAPER's API reference): makes an undo
+  -- point now. REAPER's undo history is a list of project states, so the point holds every
+  -- change since the previous point, made in or out of blocks: the loose edits since then are
+  -- covered. (Inside an open block REAPER folds it into the block; the model treats that as an
+  -- error in the script.)
+  R.Undo_OnStateChangeEx = function(desc, which, trackparm)
+    if model.undo_depth ~= 0 then error("Undo_OnStateChangeEx inside an undo block") end
+    local last = model.undo[#model.undo]
+    local since = last and last.at or 0
+    model.loose_edits = last and last.loose_at or 0
+    model.undo[#model.undo + 1] = { desc = desc, flags = which, trackparm = trackparm,
+      edits = model.edits - since, at = model.edits, loose_at = model.loose_edits }
+  end
+  R.Undo_OnStateChangeEx2 = function(_, desc, which, trackparm)
+    return R.Undo_OnStateChangeEx(desc, which, trackparm)
+  end
   R.PreventUIRefresh = function(n)
     model.refresh = model.refresh + n
     if model.refresh < 0 then error("PreventUIRefresh went negative") end
@@ -450,6 +470,11 @@ function M.new(opts)
     if timeout < 0 then
       os.execute(cmd .. " >/dev/null 2>&1 &")
       return ""
+    end
+    -- A timeout >= 0 waits for the command (0: forever): REAPER's UI stands still meanwhile.
+    -- Recorded like os.execute / io.popen; a spec that means it sets model.allow_blocking_exec.
+    if not model.allow_blocking_exec then
+      model.blocking_calls[#model.blocking_calls + 1] = "ExecProcess(timeout " .. tostring(timeout) .. ")"
     end
     local p = io.popen(cmd .. " 2>&1")
     local out = p:read("a")
@@ -641,9 +666,10 @@ function M.new(opts)
       local s = entry.script
       s.pending = s.pending - 1
       if s.alive then
-        local t0 = os.clock()
+        local t0, n0 = os.clock(), model.items_added
         local ok, err = xpcall(entry.fn, debug.traceback)
         model.record_tick(os.clock() - t0)
+        model.max_tick_items = math.max(model.max_tick_items, model.items_added - n0)
         if not ok then
           s.errors[#s.errors + 1] = err
           model.errors[#model.errors + 1] = err

@@ -67,6 +67,10 @@ describe("spawn", function()
       assert.matches("in REAPER: use reaper.ExecProcess", err)
     end
     assert.are.same({ "os.execute", "io.popen", "os.exit" }, model.blocking_calls)
+    -- ExecProcess that waits (timeout >= 0) is recorded too; -1 returns at once and is not
+    assert.are.equal("", env.reaper.ExecProcess("true", -1))
+    assert.matches("^0\n", env.reaper.ExecProcess("true", 1000))
+    assert.are.same({ "os.execute", "io.popen", "os.exit", "ExecProcess(timeout 1000)" }, model.blocking_calls)
     -- file I/O stays
     local f = assert(env.io.open(H.TESTS .. "/helpers.lua", "rb"))
     f:close()

@@ -42,13 +42,15 @@ local function limit_opts(opts)
   return opts
 end
 
-function actions.run(prompt_text, prompt_name, requests, notes, title)
+-- one_undo: one undo point for the whole run (else one per item, each imported as it finishes).
+function actions.run(prompt_text, prompt_name, requests, notes, title, one_undo)
   local run = runner.new({
     title = title or ("Separate " .. prompt_name),
     prompt_text = prompt_text,
     prompt_name = prompt_name,
     requests = requests,
     notes = notes,
+    one_undo = one_undo,
   })
   return run:start()
 end
@@ -98,7 +100,7 @@ function actions.stems()
     local requests, notes = gather(limit_opts())
     if not requests then return end
     if #prompts == 1 then
-      actions.run(prompts[1], prompts[1], requests, notes)
+      actions.run(prompts[1], prompts[1], requests, notes, nil, true)
     else
       actions.run_set(prompts, requests, notes)
     end

@@ -263,66 +263,75 @@ function importer.set_stems(manifest)
   return targets, residual
 end
 
--- Tracks of a stem set: a folder under the source track, then one track per stem name, each
--- coloured. A second item of the same batch on the same track reuses them when all are there.
-local function set_tracks(job, names, opts, changes)
+-- Tracks of a stem set: a folder under the source track, then one track per stem, each
+-- coloured; a stem marked `absent` gets a muted track named "<prompt> (not found)". A second item
+-- of the same batch on the same track reuses them when all are there.
+local function set_tracks(job, stems, opts, changes)
   local src_track, guid = source_track(job)
-  local base = (opts.batch or job.id) .. ":" .. guid .. ":set:" .. util.slug(table.concat(names, " "), 64)
+  local keys = {}
+  for i, st in ipairs(stems) do keys[i] = st.absent and (st.name .. " (not found)") or st.name end
+  local base = (opts.batch or job.id) .. ":" .. guid .. ":set:" .. util.slug(table.concat(keys, " "), 64)
   local found = { folder = find_track(base .. ":folder") }
   local all = found.folder ~= nil
-  for i = 1, #names do
+  for i = 1, #stems do
     found[i] = find_track(base .. ":stem" .. i)
     all = all and found[i] ~= nil
   end
   if all then return found end
   local entries = { { "folder", job.prompt_name .. " (ReaSAM)" } }
-  for i, name in ipairs(names) do
-    local shown = name == "rest" and "rest" or settings.track_name("target", name)
+  for i, st in ipairs(stems) do
+    local shown = st.name == "rest" and "rest" or settings.track_name("target", st.name)
+    if st.absent then shown = shown .. " (not found)" end
     entries[#entries + 1] = { "stem" .. i, shown }
   end
   local created = create_tracks(src_track, base, entries, true, changes)
   local out = { folder = created.folder }
-  for i, name in ipairs(names) do
+  for i, st in ipairs(stems) do
     out[i] = created["stem" .. i]
-    reaper.SetMediaTrackInfo_Value(out[i], "I_CUSTOMCOLOR", stems_lib.color(name, i))
+    reaper.SetMediaTrackInfo_Value(out[i], "I_CUSTOMCOLOR", stems_lib.color(st.name, i))
+    if st.absent then reaper.SetMediaTrackInfo_Value(out[i], "B_MUTE", 1) end
   end
   return out
 end
 
--- Imports one stem-set job into its folder. opts: { mute, batch, import_absent }. Returns
--- { items, sources, tracks, skipped = { prompt names not found } } or nil, message; with no
--- target found (and import_absent off) it imports nothing and returns result.nothing = true.
+-- Imports one stem-set job into its folder. opts: { mute, batch, import_absent, undo }.
+-- Returns { items, sources, tracks, skipped = { prompt names not found } } or nil, message. A
+-- target the daemon did not find goes on a muted "<prompt> (not found)" track after the rest
+-- (the residual is the region minus every target, so the tracks still sum to the original);
+-- import_absent puts it among the others, unmuted. With no target found (and import_absent off)
+-- it imports nothing and returns result.nothing = true. opts.undo == false: no undo block (the
+-- caller makes one undo point for several jobs).
 function importer.import_set(job, manifest, opts)
   local targets, residual = importer.set_stems(manifest)
   if not targets then return nil, residual end
   local rate = tonumber(manifest.sample_rate)
   local result = { items = {}, sources = {}, tracks = {}, skipped = {} }
-  local chosen, names = {}, {}
+  local plan, absent = {}, {}
   for _, s in ipairs(targets) do
     if importer.found(s) or opts.import_absent then
-      chosen[#chosen + 1] = s
-      names[#names + 1] = s.name
+      plan[#plan + 1] = { stem = s, name = s.name, role = "target" }
     else
+      absent[#absent + 1] = { stem = s, name = s.name, role = "target", absent = true }
       result.skipped[#result.skipped + 1] = s.name
     end
   end
-  if #chosen == 0 then
+  if #plan == 0 then
     result.nothing = true
     return result
   end
-  chosen[#chosen + 1] = residual
-  names[#names + 1] = "rest"
+  plan[#plan + 1] = { stem = residual, name = "rest", role = "residual" }
+  table.move(absent, 1, #absent, #plan + 1, plan)
   local changes = new_changes()
-  reaper.Undo_BeginBlock()
+  local undo = opts.undo ~= false
+  if undo then reaper.Undo_BeginBlock() end
   reaper.PreventUIRefresh(1)
   local ok, err = pcall(function()
-    local tracks = set_tracks(job, names, opts, changes)
-    for i, stem in ipairs(chosen) do
-      local role = stem == residual and "residual" or "target"
-      local place = importer.placement(job.request, stem, rate)
+    local tracks = set_tracks(job, plan, opts, changes)
+    for i, p in ipairs(plan) do
+      local place = importer.placement(job.request, p.stem, rate)
       if place.length <= 0 then error("the stem does not overlap the item", 0) end
-      local item, take, src = add_item(tracks[i], stem.path, place, job, role, names[i], changes)
-      if role == "target" then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", stem.name, true) end
+      local item, take, src = add_item(tracks[i], p.stem.path, place, job, p.role, p.name, changes)
+      if p.role == "target" then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.name, true) end
       result.tracks[#result.tracks + 1] = tracks[i]
       result.items[#result.items + 1] = item
       result.sources[#result.sources + 1] = src
@@ -336,13 +345,13 @@ function importer.import_set(job, manifest, opts)
     if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
   end
   reaper.PreventUIRefresh(-1)
-  reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1)
+  if undo then reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1) end
   reaper.UpdateArrange()
   if not ok then return nil, tostring(err) end
   return result
 end
 
--- Imports one job. opts: { folder, mute, batch }. Returns { items, sources, tracks } or nil,
+-- Imports one job. opts: { folder, mute, batch, undo }. Returns { items, sources, tracks } or nil,
 -- message. A failure half-way leaves the project as it was: what this call created is deleted
 -- (and what it changed restored) before the undo block closes.
 function importer.import(job, manifest, opts)
@@ -351,7 +360,8 @@ function importer.import(job, manifest, opts)
   local rate = tonumber(manifest.sample_rate)
   local result = { items = {}, sources = {}, tracks = {} }
   local changes = new_changes()
-  reaper.Undo_BeginBlock()
+  local undo = opts.undo ~= false
+  if undo then reaper.Undo_BeginBlock() end
   reaper.PreventUIRefresh(1)
   local ok, err = pcall(function()
     local tr_target, tr_residual = tracks_for(job, opts, changes)
@@ -374,7 +384,7 @@ function importer.import(job, manifest, opts)
     if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
   end
   reaper.PreventUIRefresh(-1)
-  reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1)
+  if undo then reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1) end
   reaper.UpdateArrange()
   if not ok then return nil, tostring(err) end
   return result

@@ -76,8 +76,9 @@ Run.__index = Run
 -- "empty": the daemon found nothing like the prompt, and nothing was imported.
 local FINAL = { imported = true, error = true, cancelled = true, empty = true }
 
--- opts: { title, prompt_text, prompt_name, requests, notes, prompts }. `prompts` (two or more)
--- makes a stem set: its jobs are imported together, in one undo point, once all have finished.
+-- opts: { title, prompt_text, prompt_name, requests, notes, prompts, one_undo }. `prompts` (two or
+-- more) makes a stem set. A stem set, or `one_undo`, makes one undo point for the whole run: its
+-- jobs are imported once all have finished, one per tick, then one undo point holds them all.
 function runner.new(opts)
   local self = setmetatable({
     id = util.new_id("batch"),
@@ -94,6 +95,7 @@ function runner.new(opts)
     mute = settings.get("mute_original"),
     import_absent = settings.get("import_absent"),
     stem_set = opts.prompts ~= nil and #opts.prompts > 1,
+    one_undo = opts.one_undo or (opts.prompts ~= nil and #opts.prompts > 1),
     last_news = nil,
     last_file_poll = 0,
     errors = {},
@@ -286,10 +288,14 @@ function Run:submit(job, now)
   end
 end
 
-function Run:not_found(job, names)
+-- muted: the stem went on a muted "<name> (not found)" track (a set keeps its sum); else it was
+-- not imported.
+function Run:not_found(job, names, muted)
   for _, name in ipairs(names) do
     local line = string.format("nothing like '%s' found in %s", name, job.request.label)
-    reaper.ShowConsoleMsg("ReaSAM: " .. line .. " (not imported; the setting 'Import stems where nothing was "
+    local what = muted and string.format("put on the muted track '%s (not found)' so that the tracks still sum "
+      .. "to the original", name) or "not imported"
+    reaper.ShowConsoleMsg("ReaSAM: " .. line .. " (" .. what .. "; the setting 'Import stems where nothing was "
       .. "found' imports such stems anyway)\n")
     self.notes[#self.notes + 1] = line
   end
@@ -305,11 +311,12 @@ function Run:import_job(job)
     self:set_final(job, "error", "cannot read the manifest " .. mpath .. ": " .. tostring(rerr or jerr))
     return
   end
-  local opts = { folder = self.folder, mute = self.mute, batch = self.id, import_absent = self.import_absent }
+  local opts = { folder = self.folder, mute = self.mute, batch = self.id, import_absent = self.import_absent,
+    undo = not self.one_undo }
   local result, err
   if self.stem_set then
     result, err = importer.import_set(job, manifest, opts)
-    if result then self:not_found(job, result.skipped) end
+    if result then self:not_found(job, result.skipped, not result.nothing) end
   else
     local target = importer.stems(manifest)
     if target and not importer.found(target) and not self.import_absent then
@@ -319,6 +326,8 @@ function Run:import_job(job)
       result, err = importer.import(job, manifest, opts)
     end
   end
+  -- (the importer made changes, or made and undid them: the run's undo point covers them)
+  if not (result and result.nothing) then self.touched = true end
   if not result then
     self:set_final(job, "error", "import failed: " .. tostring(err))
     return
@@ -336,31 +345,30 @@ function Run:import_job(job)
   end
 end
 
+-- One finished job imported per tick keeps every tick short. A Lua error in an import (a
+-- malformed manifest) fails that job only. With one_undo the jobs are imported once all have
+-- finished, without undo blocks (a block cannot span defer ticks), and after the last one a
+-- single undo point holds every change: REAPER's undo history is a list of project states, so
+-- Undo_OnStateChangeEx records everything changed since the previous point.
 function Run:import_one()
-  if self.stem_set then
-    -- A stem set is imported when every job has finished, all in one undo point.
-    local done = 0
-    for _, job in ipairs(self.jobs) do
-      if job.state == "done" then
-        done = done + 1
-      elseif not FINAL[job.state] then
-        return
-      end
-    end
-    if done == 0 then return end
-    reaper.Undo_BeginBlock()
-    for _, job in ipairs(self.jobs) do
-      if job.state == "done" then self:import_job(job) end
-    end
-    reaper.Undo_EndBlock("ReaSAM: separate " .. self.jobs[1].prompt_name, -1)
-    return
-  end
+  local next_job
   for _, job in ipairs(self.jobs) do
     if job.state == "done" then
-      self:import_job(job)
-      return -- one import per tick keeps every tick short
+      next_job = next_job or job
+    elseif self.one_undo and not FINAL[job.state] then
+      return
     end
   end
+  if next_job then
+    local ok, err = pcall(self.import_job, self, next_job)
+    if not ok then self:set_final(next_job, "error", "import failed: " .. tostring(err)) end
+  end
+  if not (self.one_undo and self.touched) or self.undo_made then return end
+  for _, job in ipairs(self.jobs) do
+    if job.state == "done" then return end
+  end
+  self.undo_made = true
+  reaper.Undo_OnStateChangeEx("ReaSAM: separate " .. self.jobs[1].prompt_name, -1, -1)
 end
 
 -- Peaks for imported sources, a little per tick: BuildPeaks(src, 0) starts, 1 advances until it
