@@ -116,6 +116,7 @@ describe("stem sets", function()
     assert.are.equal(1, #model.undo) -- two items, one undo point
     assert.are.equal("ReaSAM: separate drums, harmonic, rest", model.undo[1].desc)
     assert.are.equal(0, model.loose_edits)
+    assert.are.equal(3, model.max_tick_items) -- one job (three stems) per tick, not both at once
 
     -- The choice is remembered: the next checklist starts from it.
     local seen = {}
@@ -144,6 +145,22 @@ describe("stem sets", function()
     assert.are.equal("drums;harmonic", model.reaper.GetExtState("ReaSAM", "last_stems"))
   end)
 
+  it("makes one undo point for a single ticked stem over two items", function()
+    new_model()
+    local a = model.add_item(model.add_track("A"), { file = song, position = 0 })
+    local b = model.add_item(model.add_track("B"), { file = song, position = 1 })
+    answer_checklist({ drums = true }, "")
+    run("Separate selection - stems...")
+    assert.are.same({}, model.messages)
+    assert.are.same({ "A", "drums", "drums residual", "B", "drums", "drums residual" }, C.track_names(model))
+    C.stems_sum(a, model.tracks[2].items[1], model.tracks[3].items[1])
+    C.stems_sum(b, model.tracks[5].items[1], model.tracks[6].items[1])
+    assert.are.equal(1, #model.undo)
+    assert.are.equal("ReaSAM: separate drums", model.undo[1].desc)
+    assert.are.equal(0, model.loose_edits)
+    assert.are.equal(2, model.max_tick_items)
+  end)
+
   it("says 'nothing like ... found' instead of importing a near-silent stem, unless asked to", function()
     new_model()
     local tr = model.add_track("Keys")
@@ -157,8 +174,14 @@ describe("stem sets", function()
     -- A set imports what was found (the harmonic part and the rest) and names what was not.
     answer_checklist({ drums = true }, "harmonic")
     run("Separate selection - stems...")
-    assert.are.same({ "Keys", "drums, harmonic, rest (ReaSAM)", "harmonic", "rest" }, C.track_names(model))
+    -- The drums stem goes on a muted track after the rest: the tracks still sum to the original.
+    assert.are.same({ "Keys", "drums, harmonic, rest (ReaSAM)", "harmonic", "rest", "drums (not found)" },
+      C.track_names(model))
+    assert.are.equal(1, model.tracks[5].info.B_MUTE)
+    assert.is_true(C.set_sum(item, { model.tracks[3].items[1], model.tracks[4].items[1],
+      model.tracks[5].items[1] }) > 0)
     assert.are.equal(2, select(2, model.console_text():gsub("ReaSAM: nothing like 'drums' found", "")))
+    assert.matches("put on the muted track 'drums %(not found%)'", model.console_text())
     -- The setting imports such stems anyway.
     model.set_setting("import_absent", "y")
     run("Separate selection - drums")
