@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from reasam import engines, pipeline, stemsets
 from reasam.cache import ResultCache
 from reasam.cli import main
@@ -403,3 +404,78 @@ def test_osc_prompt_keys_send_and_csv_rows_make_sets(tmp_path):
             assert np.max(np.abs(total - mix)) < 1e-5
     finally:
         d.stop()
+
+def test_presence_finds_a_short_sound_in_a_long_region(sam_env, tmp_path):
+    """A 1 s sound in 60 s of background is far below the whole region (about -32 dB) but loud
+    in its own second: presence is measured per block, so it is found; without it, not."""
+    sam_env.engine()
+    seconds = 60
+    t = np.arange(seconds * RATE) / RATE
+    tone = 0.2 * np.sin(2 * np.pi * 1000 * t)
+    bass = np.zeros_like(t)
+    burst = slice(30 * RATE, 31 * RATE)
+    bass[burst] = 0.04 * np.sin(2 * np.pi * 80 * t[burst])
+    whole_db = 10 * np.log10(np.square(bass).sum() / np.square(tone + bass).sum())
+    assert whole_db < stemsets.PRESENCE_THRESHOLD_DB  # the region-wide figure would miss it
+    sf.write(tmp_path / "burst.wav", np.stack([tone + bass] * 2).T.astype(np.float32), RATE, subtype="FLOAT")
+    sf.write(tmp_path / "plain.wav", np.stack([tone] * 2).T.astype(np.float32), RATE, subtype="FLOAT")
+    found, _ = _run(tmp_path / "burst.wav", tmp_path / "found", ["bass"], engine="sam", quality="fast")
+    missing, _ = _run(tmp_path / "plain.wav", tmp_path / "missing", ["bass"], engine="sam", quality="fast")
+    assert found.manifest["stems"][0]["present"] is True
+    assert found.manifest["stems"][0]["presence_db"] > -20
+    assert missing.manifest["stems"][0]["present"] is False
+
+
+def test_presence_blocks_do_not_depend_on_chunk_boundaries():
+    rng = np.random.default_rng(3)
+    mix = rng.standard_normal((2, 10 * 1000)).astype(np.float32)
+    target = np.zeros_like(mix)
+    target[:, 4000:5000] = mix[:, 4000:5000]  # all of the mix in one block of ten
+    whole, pieces = stemsets.Presence.of(1, 1000), stemsets.Presence.of(1, 1000)
+    whole.add(mix, [target])
+    for start, end in [(0, 333), (333, 4500), (4500, 4501), (4501, 10_000)]:
+        pieces.add(mix[:, start:end], [target[:, start:end]])
+    assert whole.report(0) == pieces.report(0)
+    assert whole.report(0)["presence_db"] == pytest.approx(0.0, abs=0.01)
+    assert whole.report(0)["present"] is True
+
+
+def _two_sources(n: int = 44_100) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    a = 0.3 * rng.standard_normal((2, n))
+    b = 0.2 * rng.standard_normal((2, n))
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def test_share_gives_disjoint_prompts_the_whole_mix():
+    """Two sources that make up the mix, each estimated exactly: nothing is left to the rest
+    (a single residual |X - E_i| would count the other prompt's sound as unclaimed)."""
+    a, b = _two_sources()
+    mix = a + b
+    targets = stemsets.share(mix, np.stack([a, b]))
+    rest = mix - targets.sum(axis=0)
+    assert _energy(rest) < 1e-6 * _energy(mix)
+    # Identical claims still share rather than double; one claim is its own ratio mask.
+    halves = stemsets.share(mix, np.stack([mix, mix]))
+    assert np.max(np.abs(halves[0] - 0.5 * mix)) < 1e-4
+
+
+def test_sam_masks_give_disjoint_prompts_the_whole_mix():
+    from reasam.engines import sam
+
+    a, b = (torch.from_numpy(x) for x in _two_sources())
+    mix = a + b
+    mono = [a.mean(dim=0), b.mean(dim=0)]
+    m = mix.mean(dim=0)
+    out = sam.ratio_mask_stems(mix, torch.stack(mono), torch.stack([m - mono[0], m - mono[1]]))
+    rest = mix - out.reshape(2, 2, -1).sum(dim=0)
+    assert float(rest.square().sum()) < 1e-6 * float(mix.square().sum())
+    # One prompt: the plain ratio mask |T|^2 / (|T|^2 + |R|^2), as before sets existed.
+    window = torch.hann_window(sam.MASK_FFT)
+    spec = torch.stft(torch.cat([mix, mono[0][None], (m - mono[0])[None]]), sam.MASK_FFT, sam.MASK_HOP,
+                      window=window, center=True, return_complex=True)  # fmt: skip
+    t, r = spec[2].abs().square(), spec[3].abs().square()
+    expected = torch.istft(spec[:2] * (t / (t + r + sam.MASK_EPS)), sam.MASK_FFT, sam.MASK_HOP,
+                           window=window, center=True, length=mix.shape[-1])  # fmt: skip
+    one = sam.ratio_mask_stems(mix, mono[0], m - mono[0])
+    assert torch.max(torch.abs(one - expected)) < 1e-6

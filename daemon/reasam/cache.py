@@ -27,7 +27,7 @@ from .request import Request, encode_request
 log = logging.getLogger("reasam.cache")
 
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _HASH_BLOCK = 1 << 18
 # What the keys of jobs still to finish saw of their sources (see `expected_source`); a few per job.
 _EXPECTED_LIMIT = 1024

@@ -9,7 +9,8 @@ are emitted as soon as they are final, so memory stays bounded by one chunk.
 
 A stem set (several prompts) runs the same way with one target per prompt, shared out by
 `stemsets.share`, and one `rest` stem = region − Σ targets, so the set sums to the region too.
-Each target's presence figure (its energy against the region's) goes into the manifest.
+Each target's presence figure (its energy against the mix's over the seconds where it plays,
+stemsets.Presence) goes into the manifest.
 """
 
 from __future__ import annotations
@@ -453,7 +454,7 @@ def run(
         try:
             resamplers = [audio.StreamResampler(rate, out_rate, out_channels, total) for _ in writers]
             faders = [Crossfader(overlap) for _ in texts]
-            presence = stemsets.Presence.of(len(texts))
+            presence = stemsets.Presence.of(len(texts), rate)
             for chunk in chunks:
                 checkpoint()
                 read_start = first + chunk.start - context

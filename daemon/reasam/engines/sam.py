@@ -189,8 +189,10 @@ def ratio_mask_stems(
     masked mix, (channels, n). A mask of ones gives back `mix` to float precision.
 
     For a stem set, `target` and `residual` are (prompts, n): the mix is transformed once, and
-    the masks are the joint ones of stemsets.share, |T_i|^p / (sum_j |T_j|^p + min_j |R_j|^p),
-    from the model's own mono outputs, so prompts that claim the same sound share it. Returns
+    the masks are the joint ones of stemsets.share, |T_i|^p / (sum_j |T_j|^p + rest), from the
+    model's own mono outputs, so prompts that claim the same sound share it. `rest` is
+    min(|M - sum_j T_j|^p, min_j |R_j|^p), M the model's mono mix (the mean of T_j + R_j over
+    prompts): prompts that together explain the mix leave nothing to the rest. Returns
     (prompts * channels, n), prompt by prompt. One prompt gives exactly the mask above.
     """
     n = mix.shape[-1]
@@ -198,11 +200,16 @@ def ratio_mask_stems(
     targets, residuals = target.reshape(-1, n), residual.reshape(-1, n)
     count = targets.shape[0]
     window = torch.hann_window(MASK_FFT, device=mix.device)
-    stacked = torch.cat([mix, targets, residuals], dim=0)
+    parts = [mix, targets, residuals]
+    if count > 1:
+        parts.append(((targets + residuals).mean(dim=0) - targets.sum(dim=0))[None])
+    stacked = torch.cat(parts, dim=0)
     spec = torch.stft(stacked, MASK_FFT, MASK_HOP, window=window, center=True, return_complex=True)
     t = spec[channels : channels + count].abs().pow(power)
-    r = spec[channels + count :].abs().pow(power)
-    mask = t / (t.sum(dim=0) + r.amin(dim=0) + MASK_EPS)  # (prompts, bins, frames)
+    r = spec[channels + count : channels + 2 * count].abs().pow(power).amin(dim=0)
+    if count > 1:
+        r = torch.minimum(r, spec[-1].abs().pow(power))
+    mask = t / (t.sum(dim=0) + r + MASK_EPS)  # (prompts, bins, frames)
     masked = (spec[None, :channels] * mask[:, None]).reshape(count * channels, *spec.shape[1:])
     return torch.istft(masked, MASK_FFT, MASK_HOP, window=window, center=True, length=n)
 
