@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from ..errors import ReasamError
+from ..errors import ReasamError, bad_request
 from ..request import Span
 from .base import Capabilities, Engine, Prompt, Separation, SetSeparation, SpanFetcher
 
@@ -102,7 +102,7 @@ def choose_set(engine_name: str, texts: Sequence[str], spans: tuple[Span, ...]) 
     An engine serves a stem set when it understands every prompt of it: SAM-Audio any set, the
     embedded engines the sets drawn from their own prompts (spleeter: vocals, accompaniment,
     drums; dsp: drums, harmonic). Otherwise the one-line error names the prompts that need
-    SAM-Audio.
+    SAM-Audio. Two prompts that the chosen engine reads as the same stem are refused.
     """
     if len(texts) <= 1:
         return choose(engine_name, texts[0] if texts else "", spans)
@@ -116,9 +116,25 @@ def choose_set(engine_name: str, texts: Sequence[str], spans: tuple[Span, ...]) 
                 raise ReasamError("engine_failed", f"engine {engine_name} is not usable here: {reason}")
             continue
         if all(engine.understands(t, spans) for t in texts):
-            return engine
+            return _distinct(engine, texts)
         candidates.append(engine)
     raise ReasamError("unsupported_prompt", _unsupported_set(texts, candidates))
+
+
+def _distinct(engine: Engine, texts: Sequence[str]) -> Engine:
+    """`engine`, when the prompts of its set name different stems; an engine with synonyms
+    ("voice" for vocals) would otherwise return one estimate twice, and the cache key would
+    hold one canonical prompt twice."""
+    seen: dict[str, str] = {}
+    for text in texts:
+        canonical = engine.canonical_prompt(text) or text
+        if canonical in seen:
+            raise bad_request(
+                f"prompts {seen[canonical]!r} and {text!r} name the same stem ({canonical!r}) "
+                f"for {engine.capabilities.name}; give it once"
+            )
+        seen[canonical] = text
+    return engine
 
 
 def _unsupported_set(texts: Sequence[str], engines: list[Engine]) -> str:
