@@ -397,6 +397,7 @@ def test_osc_prompt_keys_send_and_csv_rows_make_sets(tmp_path):
     finally:
         d.stop()
 
+
 def test_presence_finds_a_short_sound_in_a_long_region(sam_env, tmp_path):
     """A 1 s sound in 60 s of background is far below the whole region (about -32 dB) but loud
     in its own second: presence is measured per block, so it is found; without it, not."""
@@ -486,3 +487,54 @@ def test_a_set_naming_one_stem_twice_is_refused(sam_env, tmp_path, engine, promp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     # SAM-Audio reads them as two texts: the same set is fine there.
     assert engines.choose_set("sam", tuple(prompts), ()).capabilities.name == "sam"
+
+
+def test_the_judge_scores_once_per_chunk_and_never_fails_the_job(sam_env, tmp_path, monkeypatch, caplog):
+    """The judge score runs in the qualities that rank candidates only, once per chunk, outside
+    the out-of-memory fallback: a judge out of memory drops the score, not the job."""
+    from reasam import models
+
+    sam_env.engine()
+    mix = make_mix(tmp_path, seconds=2.0)
+    judged: list[int] = []
+    fail = False
+    original = models.JudgeRanker.forward
+
+    def forward(self, extracted_audio, input_audio, descriptions, sample_rate=48_000, **kwargs):
+        if extracted_audio[0].shape[0] == 1:  # a score (one candidate), not a ranking
+            judged.append(len(descriptions))
+            if fail:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB (judge)")
+        return original(self, extracted_audio, input_audio, descriptions, sample_rate, **kwargs)
+
+    monkeypatch.setattr(models.JudgeRanker, "forward", forward)
+    first, stems = _run(mix.path, tmp_path / "judged", ["bass", "silence"], engine="sam", quality="balanced")
+    assert judged == [2] and "judge_score" in first.manifest["stems"][0]
+    # A fast job on the warm model, which holds the judge from the job before: no judge pass.
+    fast, _ = _run(mix.path, tmp_path / "fast", ["bass"], engine="sam", quality="fast")
+    assert judged == [2] and "judge_score" not in fast.manifest["stems"][0]
+    fail = True
+    with caplog.at_level("WARNING", logger="reasam"):
+        failed, again = _run(
+            mix.path, tmp_path / "failed", ["bass", "silence"], engine="sam", quality="balanced"
+        )
+    assert "judge_score" not in failed.manifest["stems"][0]
+    assert failed.manifest["stems"][0]["present"] is True
+    for a, b in zip(stems, again, strict=True):
+        assert np.array_equal(a, b)  # the separation is the judged job's, not halved pieces
+    assert sum("judge failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_set_out_of_memory_advises_fewer_prompts(sam_env, tmp_path):
+    """Shorter pieces never split a set's batch of prompts: when 5 s pieces of three prompts do
+    not fit, the error says to ask for fewer prompts (a one-prompt job is not told so)."""
+    from sam_audio.testing import write_model_dir
+
+    folder = write_model_dir(tmp_path / "oom", "base", oom_above_seconds=12.0)
+    sam_env.engine(model_path=folder, chunk_seconds=20.0, overlap_seconds=1.0)
+    mix = make_mix(tmp_path, seconds=12.0)
+    with pytest.raises(ReasamError) as info:
+        _run(mix.path, tmp_path / "set", ["bass", "low", "mid"], engine="sam", quality="fast")
+    assert info.value.code == "out_of_memory" and "fewer prompts" in info.value.message
+    single, _ = _run(mix.path, tmp_path / "single", ["bass"], engine="sam", quality="fast")
+    assert single.stems[0].presence["present"] is True  # 5 s pieces of one prompt fit

@@ -47,8 +47,10 @@ evaluation (odeint → vector_field → forward → self.transformer), and on ea
 checkpoint, so a cancel stops a call within one transformer block; the model itself is
 untouched and stays loaded.
 
-"Not found": with the judge loaded, each target is also scored by it against its text (the
-judge's `overall`, averaged over chunks by length), for the manifest's presence figures.
+"Not found": in the qualities that rank candidates (the judge is loaded for them), each target
+is also scored by the judge against its text (its `overall`, one judge pass per chunk, averaged
+over chunks by length), for the manifest's presence figures; a judge failure drops the score,
+never the job (`_SamSeparation._judge`).
 
 Memory: one model per process; the CUDA cache is emptied after every chunk. On out-of-memory
 (CUDA's, or the host's: torch's CPU allocator raises a RuntimeError "can't allocate memory") the
@@ -241,6 +243,7 @@ class _SamSeparation(Separation):
         # Judge score per prompt, summed over chunks weighted by their length (see scores()).
         self._score_sum = [0.0] * len(self.texts)
         self._score_weight = 0.0
+        self._judge_failed = False
         self.spans = spans = prompt.spans
         self.seed = prompt.seed
         self.quality = quality
@@ -273,8 +276,10 @@ class _SamSeparation(Separation):
     def separate_all(self, audio: np.ndarray, start: float) -> np.ndarray:
         channels, n = audio.shape
         try:
-            out = self._split(np.ascontiguousarray(audio, dtype=np.float32), start)
-            return out.reshape(len(self.texts), channels, n)
+            audio = np.ascontiguousarray(audio, dtype=np.float32)
+            out = self._split(audio, start).reshape(len(self.texts), channels, n)
+            self._judge(audio, out)
+            return out
         except BaseException:
             # The pipeline ends the job on any error: let go of the model now rather than when
             # the traceback that holds this object is dropped.
@@ -323,6 +328,9 @@ class _SamSeparation(Separation):
             advice = [f"try variant {hint} (REASAM_SAM_VARIANT={hint})"] if hint else []
             if self.candidates > 1:
                 advice.append("--quality fast (no reranking candidates)")
+            if len(self.texts) > 1:
+                # The prompts of a set run as one batch; shorter pieces never split the batch.
+                advice.append(f"fewer prompts per job (this set runs {len(self.texts)} as one batch)")
             advice.append("or free GPU memory" if lm.device.type != "cpu" else "or free memory")
             raise ReasamError(
                 "out_of_memory",
@@ -406,8 +414,6 @@ class _SamSeparation(Separation):
         target = torch.stack([fit(t) for t in result.target])
         residual = torch.stack([fit(r) for r in result.residual])
         del result, batch
-        if lm.has_ranker and self.text:
-            self._judge(wav[0], target, n)
         del wav
         if lm.device.type == "cuda":
             torch.cuda.synchronize(lm.device)  # so model_seconds is the model's time, not its queueing
@@ -415,17 +421,42 @@ class _SamSeparation(Separation):
         self._count("model_seconds", time.perf_counter() - t0)
         return target, residual
 
-    def _judge(self, wav: torch.Tensor, targets: torch.Tensor, n: int) -> None:
-        """Score each prompt's target with the judge (upstream's ranker call, one candidate)."""
+    def _judge(self, audio: np.ndarray, targets: np.ndarray) -> None:
+        """Score each prompt's target of a chunk with the judge, for the manifest's presence
+        figures: upstream's ranker call with one candidate, on the chunk's mono mix and mono
+        targets, once per chunk whatever pieces the separation took.
+
+        Only for jobs whose quality ranks candidates (balanced, best: the judge is loaded for
+        them anyway, so the score costs one judge pass per chunk); a `fast` job runs no judge,
+        even on a warm model that holds one from an earlier job. Outside the out-of-memory
+        fallback of `_split`: a judge that fails (out of memory included) drops the scores of
+        this job, says so once in the log, and leaves the separation as it was.
+        """
         lm = self.loaded
-        with torch.inference_mode():
-            scores = lm.model.text_ranker(
-                extracted_audio=[t[None].to(lm.dtype) for t in targets],
-                input_audio=[wav[None]] * len(self.texts),
-                descriptions=list(self.texts),
-                sample_rate=SAMPLE_RATE,
+        if self._judge_failed or self.candidates <= 1 or not self.text or not lm.has_ranker:
+            return
+        n = audio.shape[-1]
+        try:
+            with torch.inference_mode():
+                wav = torch.from_numpy(audio.mean(axis=0)).to(device=lm.device, dtype=lm.dtype)
+                mono = torch.from_numpy(np.ascontiguousarray(targets.mean(axis=1)))
+                scores = lm.model.text_ranker(
+                    extracted_audio=[t[None].to(device=lm.device, dtype=lm.dtype) for t in mono],
+                    input_audio=[wav[None]] * len(self.texts),
+                    descriptions=list(self.texts),
+                    sample_rate=SAMPLE_RATE,
+                )
+                values = scores.float().reshape(len(self.texts), -1)[:, 0].tolist()
+        except Exception as exc:
+            self._judge_failed = True
+            self._score_weight = 0.0
+            log.warning(
+                "the judge failed on a chunk; this job's stems get no judge score (%s)", str(exc)[:160]
             )
-        for i, score in enumerate(scores.float().reshape(len(self.texts), -1)[:, 0].tolist()):
+            return
+        finally:
+            models.empty_cache(lm.device)
+        for i, score in enumerate(values):
             self._score_sum[i] += score * n
         self._score_weight += n
 
