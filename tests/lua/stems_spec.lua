@@ -20,12 +20,15 @@ describe("stem sets", function()
     wav.write(song, 44100, 2, samples)
     long_song = dir .. "/long.wav"
     wav.write_repeated(long_song, 44100, 2, samples, 40)
-    -- a chord and nothing else: no drums in it
+    -- a chord and nothing else: no drums in it (faded in and out, as a pad is: an abrupt digital
+    -- start or stop is a click, and a click is percussive)
     chord = dir .. "/chord.wav"
     local pad = {}
-    for n = 0, 3 * 44100 - 1 do
+    local frames, fade = 3 * 44100, 0.2 * 44100
+    for n = 0, frames - 1 do
       local t = n / 44100
-      local v = 0.12 * math.sin(2 * math.pi * 220 * t) + 0.08 * math.sin(2 * math.pi * 330 * t)
+      local g = math.min(1, n / fade, (frames - 1 - n) / fade)
+      local v = g * (0.12 * math.sin(2 * math.pi * 220 * t) + 0.08 * math.sin(2 * math.pi * 330 * t))
       pad[2 * n + 1], pad[2 * n + 2] = v, 0.9 * v
     end
     wav.write(chord, 44100, 2, pad)
