@@ -294,6 +294,26 @@ local function set_tracks(job, stems, opts, changes)
   return out
 end
 
+-- Runs `body(changes)` as one import: in an undo block (unless opts.undo is false) with UI refresh
+-- held; if it fails, what it created is deleted and what it changed restored before the block
+-- closes. Returns `result`, or nil and the message.
+local function transaction(job, opts, result, body)
+  local changes = new_changes()
+  local undo = opts.undo ~= false
+  if undo then reaper.Undo_BeginBlock() end
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(body, changes)
+  if not ok then
+    local rolled, rerr = pcall(roll_back, changes)
+    if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
+  end
+  reaper.PreventUIRefresh(-1)
+  if undo then reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1) end
+  reaper.UpdateArrange()
+  if not ok then return nil, tostring(err) end
+  return result
+end
+
 -- Imports one stem-set job into its folder. opts: { mute, batch, import_absent, undo }.
 -- Returns { items, sources, tracks, skipped = { prompt names not found } } or nil, message. A
 -- target the daemon did not find goes on a muted "<prompt> (not found)" track after the rest
@@ -321,11 +341,7 @@ function importer.import_set(job, manifest, opts)
   end
   plan[#plan + 1] = { stem = residual, name = "rest", role = "residual" }
   table.move(absent, 1, #absent, #plan + 1, plan)
-  local changes = new_changes()
-  local undo = opts.undo ~= false
-  if undo then reaper.Undo_BeginBlock() end
-  reaper.PreventUIRefresh(1)
-  local ok, err = pcall(function()
+  return transaction(job, opts, result, function(changes)
     local tracks = set_tracks(job, plan, opts, changes)
     for i, p in ipairs(plan) do
       local place = importer.placement(job.request, p.stem, rate)
@@ -340,15 +356,6 @@ function importer.import_set(job, manifest, opts)
       set_existing(changes, "MediaItem*", job.request.item, "B_MUTE", 1)
     end
   end)
-  if not ok then
-    local rolled, rerr = pcall(roll_back, changes)
-    if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
-  end
-  reaper.PreventUIRefresh(-1)
-  if undo then reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1) end
-  reaper.UpdateArrange()
-  if not ok then return nil, tostring(err) end
-  return result
 end
 
 -- Imports one job. opts: { folder, mute, batch, undo }. Returns { items, sources, tracks } or nil,
@@ -359,11 +366,7 @@ function importer.import(job, manifest, opts)
   if not target then return nil, residual end
   local rate = tonumber(manifest.sample_rate)
   local result = { items = {}, sources = {}, tracks = {} }
-  local changes = new_changes()
-  local undo = opts.undo ~= false
-  if undo then reaper.Undo_BeginBlock() end
-  reaper.PreventUIRefresh(1)
-  local ok, err = pcall(function()
+  return transaction(job, opts, result, function(changes)
     local tr_target, tr_residual = tracks_for(job, opts, changes)
     result.tracks = { tr_target, tr_residual }
     for _, pair in ipairs({ { tr_target, target, "target" }, { tr_residual, residual, "residual" } }) do
@@ -379,15 +382,6 @@ function importer.import(job, manifest, opts)
       set_existing(changes, "MediaItem*", job.request.item, "B_MUTE", 1)
     end
   end)
-  if not ok then
-    local rolled, rerr = pcall(roll_back, changes)
-    if not rolled then err = tostring(err) .. " (and undoing the partial import failed: " .. tostring(rerr) .. ")" end
-  end
-  reaper.PreventUIRefresh(-1)
-  if undo then reaper.Undo_EndBlock("ReaSAM: separate " .. job.prompt_name, -1) end
-  reaper.UpdateArrange()
-  if not ok then return nil, tostring(err) end
-  return result
 end
 
 return importer
