@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "tests" / "lua").glob("*_spec.lua"))
 # Specs that start daemons and separate audio; the rest are unit specs that take milliseconds.
-INTEGRATION = {"actions_spec.lua", "daemon_start_spec.lua"}
+INTEGRATION = {"actions_spec.lua", "daemon_start_spec.lua", "transport_edges_spec.lua"}
 HINT = "run bash install/test.sh (it installs lua5.4, lua-socket, busted, luacheck and reasam)"
 
 

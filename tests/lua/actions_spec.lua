@@ -143,7 +143,7 @@ describe("actions", function()
         if tp.sockets then
           assert.are.equal(0, #model.exec) -- the daemon runs: nothing to start
         else
-          assert.matches("using `reasam send`", model.console_text())
+          assert.matches("LuaSocket not installed: using the slower fallback", model.console_text())
           assert.is_true(#model.exec >= 2) -- ping, send
           -- the helper scripts clean up after themselves
           assert.is_nil(model.reaper.EnumerateFiles(model.resource .. "/ReaSAM/run", 0))

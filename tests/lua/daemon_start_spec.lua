@@ -81,7 +81,13 @@ describe("when no daemon runs", function()
 
   it("gives up with the daemon's log when it does not come up (UDP)", function()
     local model = fresh(true)
-    model.set_setting("reasam_command", dir .. "/no-such-reasam")
+    -- a reasam that exists but fails as it starts (a missing one is said at once: transport_edges_spec)
+    local broken = dir .. "/no-such-reasam"
+    local f = assert(io.open(broken, "w"))
+    f:write("#!/bin/sh\necho 'reasam: cannot start' >&2\nexit 1\n")
+    f:close()
+    os.execute("chmod +x '" .. broken .. "'")
+    model.set_setting("reasam_command", broken)
     model.set_setting("start_timeout", 2)
     model.add_item(model.add_track("Mix"), { file = song, position = 0 })
     model.run_action(H.action("Separate selection - drums"))
@@ -90,6 +96,7 @@ describe("when no daemon runs", function()
     assert.are.equal(1, #model.messages)
     assert.matches("did not answer within 2 s", model.messages[1].msg)
     assert.matches("no%-such%-reasam", model.messages[1].msg)
+    assert.matches("reasam: cannot start", model.messages[1].msg) -- the log's tail
   end)
 
   it("status says the daemon is not answering, without starting it", function()

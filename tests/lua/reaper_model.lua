@@ -81,6 +81,8 @@ function M.new(opts)
     os_name = opts.os_name or "Linux-x86_64",
     guid = 0,
     exec_env = opts.exec_env,
+    -- Seconds added to time_precise: a spec moves the clock on instead of waiting.
+    clock_offset = 0,
   }
   os.remove(model.resource)
   os.execute("mkdir -p '" .. model.resource .. "'")
@@ -206,7 +208,9 @@ function M.new(opts)
     if f then f:close() return true end
     return false
   end
-  R.time_precise = now
+  -- REAPER's time_precise: a precise system timestamp in seconds (API reference), here moved on
+  -- by clock_offset.
+  R.time_precise = function() return now() + model.clock_offset end
   R.EnumerateFiles = function(path, idx)
     local names = {}
     local p = io.popen("ls -1A '" .. path:gsub("'", "'\\''") .. "' 2>/dev/null")
@@ -584,7 +588,17 @@ function M.new(opts)
     env.require = function(name)
       if pkg.loaded[name] ~= nil then return pkg.loaded[name] end
       if name == "socket" or name == "socket.core" then
-        if not model.sockets then error("module '" .. name .. "' not found (the model has no sockets)") end
+        if not model.sockets then
+          -- Lua 5.4's own message (loadlib.c: the preload field, then every path and cpath entry)
+          local lines = { "module '" .. name .. "' not found:", "\tno field package.preload['" .. name .. "']" }
+          local file = name:gsub("%.", "/")
+          for _, list in ipairs({ pkg.path, pkg.cpath }) do
+            for template in list:gmatch("[^;]+") do
+              lines[#lines + 1] = "\tno file '" .. template:gsub("%?", file) .. "'"
+            end
+          end
+          error(table.concat(lines, "\n"), 2)
+        end
         return require(name)
       end
       local file = package.searchpath(name, pkg.path)

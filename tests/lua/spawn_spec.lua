@@ -47,6 +47,40 @@ describe("spawn", function()
     assert.are.equal(127, rc)
   end)
 
+  it("a discarded helper runs to its end, then removes its own files; one that has ended goes at once", function()
+    local stop = H.tmpdir("stop") .. "/go"
+    local h = assert(spawn.command("d", { "/bin/sh", "-c", "while [ ! -e '" .. stop .. "' ]; do sleep 0.02; done; "
+      .. "echo done > '" .. stop .. ".ran'" }))
+    local ended = assert(spawn.command("e", { "/bin/echo", "hi" }))
+    local deadline = socket.gettime() + 10
+    while not io.open(ended.rc) and socket.gettime() < deadline do socket.sleep(0.02) end
+    assert.are.equal(2, spawn.discard_all())
+    assert.is_nil(io.open(ended.out)) -- ended: removed now
+    assert.is_nil(h:poll())
+    assert.is_truthy(io.open(h.script)) -- still running: its files stay until it ends
+    io.open(stop, "w"):close()
+    while model.reaper.EnumerateFiles(spawn.run_dir(), 0) and socket.gettime() < deadline do socket.sleep(0.02) end
+    assert.is_nil(model.reaper.EnumerateFiles(spawn.run_dir(), 0))
+    assert.is_truthy(io.open(stop .. ".ran")) -- it did run to its end
+    assert.are.equal(0, spawn.discard_all())
+  end)
+
+  it("starts nothing and says so at once (exit code 127) when the program to detach is missing", function()
+    local dir = H.tmpdir("detach")
+    for _, program in ipairs({ dir .. "/no-such-reasam", "no-such-reasam-on-path", H.TESTS .. "/helpers.lua" }) do
+      local h = assert(spawn.detached({ program, "serve" }, dir .. "/log", dir .. "/pid"))
+      local rc, _, err = wait(h)
+      assert.are.equal(127, rc, program)
+      assert.matches("not found: ", err)
+      assert.is_nil(io.open(dir .. "/pid"))
+    end
+    -- a program that exists is started, detached: the launcher ends before it does
+    local h = assert(spawn.detached({ "/bin/sh", "-c", "echo started; sleep 0.5" }, dir .. "/log", dir .. "/pid"))
+    assert.are.equal(0, (wait(h)))
+    assert.is_truthy(io.open(dir .. "/pid"))
+    assert.is_nil(model.reaper.EnumerateFiles(spawn.run_dir(), 0)) -- launcher and helper files gone
+  end)
+
   it("sweeps what old runs left behind", function()
     local dir = spawn.run_dir()
     local old = dir .. "/ping-20200101-000000-abcdef-1-1.out"
@@ -161,6 +195,10 @@ describe("spawn on Windows (the scripts it writes)", function()
       '"C:\\re sam\\reasam.exe" send "--prompt=100%% snare" > C:\\R\\a.out 2> C:\\R\\a.err < NUL',
       "echo %ERRORLEVEL% > C:\\R\\a.rc.part",
       "move /Y C:\\R\\a.rc.part C:\\R\\a.rc > NUL",
+      -- discarded by its owner: the files go, and the script itself
+      "if not exist C:\\R\\a.rc.forget goto :eof",
+      "del /F /Q C:\\R\\a.out C:\\R\\a.err C:\\R\\a.rc C:\\R\\a.rc.forget",
+      '(goto) 2>nul & del "%~f0"',
       "",
     }, "\r\n"), text)
     assert.are.equal('cmd.exe /D /C ""C:\\R\\a b.cmd""', spawn.launch_command("C:\\R\\a b.cmd"))
@@ -189,9 +227,11 @@ describe("spawn on Windows (the scripts it writes)", function()
     for l in s.launcher:gmatch("([^\r\n]+)") do lines[#lines + 1] = l end
     assert.are.equal("@echo off", lines[1])
     assert.are.equal('powershell.exe -NoProfile -NonInteractive -WindowStyle Hidden -Command "'
+      .. "if (-not (Get-Command -Name 'C:\\venv\\reasam.exe' -ErrorAction SilentlyContinue)) { "
+      .. "[Console]::Error.WriteLine('not found: ' + 'C:\\venv\\reasam.exe'); exit 9009 }; "
       .. "$p = Start-Process -FilePath 'C:\\run\\start-1-run.cmd' -WindowStyle Hidden -PassThru; "
       .. "[IO.File]::WriteAllText('C:\\Users\\O''Neil\\100%%\\daemon.pid', [string]$p.Id)\"", lines[2])
-    assert.are.equal('(goto) 2>nul & del "%~f0"', lines[3])
+    assert.are.equal("exit /b %ERRORLEVEL%", lines[3]) -- the launcher's exit code is its helper's
   end)
 
   it("on POSIX: setsid in the background, $! in the pid file, the daemon's output in the log", function()

@@ -27,7 +27,8 @@ function daemon.log_path() return util.join(daemon.state_dir(), "daemon.log") en
 
 function daemon.pid_path() return util.join(daemon.state_dir(), "daemon.pid") end
 
--- Starts `reasam serve` with the settings' host/port (and token file when one is set).
+-- Starts `reasam serve` with the settings' host/port (and token file when one is set). Returns the
+-- launcher's handle (spawn.detached), or nil, message.
 function daemon.start()
   local cmd = settings.reasam_command()
   local args = { cmd, "serve", "--host", settings.get("host"), "--port", tostring(settings.get("port")) }
@@ -49,6 +50,11 @@ local function log_tail(n)
   for line in data:gmatch("[^\r\n]+") do lines[#lines + 1] = line end
   local first = math.max(1, #lines - (n or 6) + 1)
   return table.concat(lines, "\n", first)
+end
+
+local function not_found_text()
+  return "The reasam command was not found (" .. settings.reasam_command() .. "): install the "
+    .. "daemon and set its path in 'ReaSAM - status and settings'."
 end
 
 local Connector = {}
@@ -87,8 +93,7 @@ function Connector:on_event(ev)
     if ev.code == "unauthorized" then
       self:unauthorized(ev.message)
     elseif ev.rc == 127 or ev.rc == 9009 then
-      self:fail("The reasam command was not found (" .. settings.reasam_command() .. "): install the "
-        .. "daemon and set its path in 'ReaSAM - status and settings'.")
+      self:fail(not_found_text())
     else
       self.last_failure = ev.message
     end
@@ -127,11 +132,12 @@ function Connector:begin_start(now)
       .. "(or turn on 'start the daemon' in ReaSAM settings).", settings.get("host"), settings.get("port")))
     return
   end
-  local ok, err = daemon.start()
-  if not ok then
+  local launcher, err = daemon.start()
+  if not launcher then
     self:fail("Could not start the daemon: " .. tostring(err))
     return
   end
+  self.launcher = launcher
   self.started = true
   self.state = "starting"
   self.start_t = now
@@ -139,7 +145,23 @@ function Connector:begin_start(now)
     settings.get("host"), settings.get("port"), settings.reasam_command(), daemon.log_path()))
 end
 
+-- The launcher ends at once; a non-zero exit code means the daemon was not started (127 or
+-- 9009: the command was not found), which is said now rather than at the start timeout.
+function Connector:check_launcher()
+  local rc, out, err = self.launcher:poll()
+  if rc == nil then return end
+  self.launcher = nil
+  if self.state ~= "starting" then return end
+  if rc == 127 or rc == 9009 then
+    self:fail(not_found_text())
+  elseif rc ~= 0 then
+    local text = util.trim((err or "") ~= "" and err or (out or ""))
+    self:fail(string.format("Could not start the daemon (exit code %d)%s", rc, text ~= "" and (": " .. text) or ""))
+  end
+end
+
 function Connector:step(now)
+  if self.launcher then self:check_launcher() end
   if self.state == "ready" or self.state == "failed" then return self.state end
   if not self.t0 then
     self.t0 = now

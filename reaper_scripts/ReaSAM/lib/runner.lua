@@ -12,6 +12,7 @@ local settings = require("settings")
 local transport = require("transport")
 local daemon = require("daemon")
 local importer = require("importer")
+local spawn = require("spawn")
 local ui = require("ui")
 
 local runner = {}
@@ -420,8 +421,8 @@ function Run:cancel(reason)
     self.view:close()
     self.view = nil
   end
-  reaper.ShowConsoleMsg(string.format("ReaSAM: %s: cancelled (%s)\n", self.title, reason or "cancel"))
   local now = reaper.time_precise()
+  local asked = 0
   for _, job in ipairs(self.jobs) do
     if job.state == "new" then
       self:set_final(job, "cancelled", "cancelled")
@@ -432,7 +433,14 @@ function Run:cancel(reason)
       job.stage = "cancelling"
       job.cancel_at = now
       self:send_cancel(job, now)
+      asked = asked + 1
     end
+  end
+  if asked > 0 then
+    reaper.ShowConsoleMsg(string.format("ReaSAM: %s: cancelling %d job%s (%s); the daemon confirms in the "
+      .. "background\n", self.title, asked, asked == 1 and "" or "s", reason or "cancel"))
+  else
+    reaper.ShowConsoleMsg(string.format("ReaSAM: %s: cancelled (%s)\n", self.title, reason or "cancel"))
   end
 end
 
@@ -503,6 +511,9 @@ function Run:step()
         end
       elseif job.state == "cancelling" then
         if now - job.cancel_at > CANCEL_WAIT then
+          reaper.ShowConsoleMsg(string.format("ReaSAM: %s: the daemon did not confirm the cancel of %s; it may "
+            .. "still finish (%s: not imported; its files would be in %s)\n", self.title, job.id, job.request.label,
+            self:job_dir(job)))
           self:set_final(job, "cancelled", "cancel sent; the daemon did not confirm it")
         elseif self:cancel_due(job, now) then
           self:send_cancel(job, now)
@@ -546,6 +557,7 @@ function Run:close()
   self.closed = true
   if self.view then self.view:close() end
   if self.t then self.t:close() end
+  spawn.discard_all() -- helpers still running (a cancel, a late ping) remove their own files
 end
 
 function Run:summary()
@@ -581,7 +593,6 @@ function Run:start()
     return self
   end
   self.t = t
-  if note and t.kind == "cli" then self.notes[#self.notes + 1] = "using `reasam send` (" .. note .. ")" end
   self.conn = daemon.connector(t, { start = settings.get("start_daemon") })
   self.view = ui.open(self.title)
   util.mkdirs(self.out)

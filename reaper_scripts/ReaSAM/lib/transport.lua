@@ -29,17 +29,21 @@ function transport.load_socket()
     package.cpath = package.cpath .. ";" .. cpath_entry
     package.path = package.path .. ";" .. util.join(base, "?.lua")
   end
-  local errors = {}
+  local first
   for _, name in ipairs({ "socket", "socket.core" }) do
     local ok, lib = pcall(require, name)
     if ok and type(lib) == "table" and lib.udp then
       socket_lib = lib
       return lib
     end
-    errors[#errors + 1] = tostring(lib)
+    first = first or tostring(lib)
   end
-  socket_error = "LuaSocket not found (install 'Mavriq Lua Sockets' from ReaPack for the fast path): "
-    .. (errors[1] or "")
+  -- Lua's "module not found" lists every path it searched: only its first line says anything.
+  if first:match("^module '[^']*' not found") then
+    socket_error = "LuaSocket not installed"
+  else
+    socket_error = "LuaSocket could not be loaded (" .. (first:match("^[^\n]*")) .. ")"
+  end
   return nil, socket_error
 end
 
@@ -273,19 +277,34 @@ function Cli:poll()
   return events
 end
 
-function Cli:close() end
+-- Discards the helpers still running: a `reasam cancel` still reaches the daemon, and each
+-- helper removes its own files when it ends.
+function Cli:close()
+  for _, p in ipairs(self.pending) do p.handle:discard() end
+  self.pending = {}
+end
 
 ---------------------------------------------------------------------------------------------------
 
 -- The transport chosen by the settings: udp when LuaSocket loads (or is demanded), else cli.
--- Returns transport, note (why cli was chosen, or nil).
+-- Returns transport, note (why cli was chosen, or nil). Falling back is said once per REAPER
+-- session, in the console (a note, not an error).
+local NOTE_KEY = "fallback_said"
+
 function transport.open()
   local host, port = settings.get("host"), settings.get("port")
   local want = settings.get("transport")
   if want == "cli" then return transport.cli(host, port) end
   local t, err = transport.udp(host, port)
   if t then return t end
-  if want == "udp" then return nil, err end
+  if want == "udp" then
+    return nil, err .. ": install 'Mavriq Lua Sockets' from ReaPack, or set the transport to auto"
+  end
+  if reaper.GetExtState(settings.SECTION, NOTE_KEY) == "" then
+    reaper.SetExtState(settings.SECTION, NOTE_KEY, "1", false)
+    reaper.ShowConsoleMsg("ReaSAM: " .. err .. ": using the slower fallback (`reasam` helper processes); "
+      .. "install 'Mavriq Lua Sockets' from ReaPack for OSC over UDP\n")
+  end
   return transport.cli(host, port), err
 end
 
