@@ -82,7 +82,7 @@ describe("when no daemon runs", function()
   it("gives up with the daemon's log when it does not come up (UDP)", function()
     local model = fresh(true)
     -- a reasam that exists but fails as it starts (a missing one is said at once: transport_edges_spec)
-    local broken = dir .. "/no-such-reasam"
+    local broken = dir .. "/broken-reasam"
     local f = assert(io.open(broken, "w"))
     f:write("#!/bin/sh\necho 'reasam: cannot start' >&2\nexit 1\n")
     f:close()
@@ -95,7 +95,7 @@ describe("when no daemon runs", function()
     assert.are.same({}, model.errors)
     assert.are.equal(1, #model.messages)
     assert.matches("did not answer within 2 s", model.messages[1].msg)
-    assert.matches("no%-such%-reasam", model.messages[1].msg)
+    assert.matches("broken%-reasam", model.messages[1].msg)
     assert.matches("reasam: cannot start", model.messages[1].msg) -- the log's tail
   end)
 
