@@ -471,7 +471,7 @@ function Run:step()
   local now = reaper.time_precise()
   self.ticks = self.ticks + 1
   if not self.cancelling and runner.cancel_seq() ~= self.cancel_seq0 then
-    self:cancel("the cancel action")
+    self:cancel("from the cancel action")
   end
 
   if self.t then
@@ -546,7 +546,7 @@ function Run:step()
 
   if self.view then
     local action = self.view:update(self:rows(), self.cancelling and "Cancelling..." or nil)
-    if action == "cancel" and not self.cancelling then self:cancel("Esc") end
+    if action == "cancel" and not self.cancelling then self:cancel("from the progress window") end
   end
 
   return not self:finished()
