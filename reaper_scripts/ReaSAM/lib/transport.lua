@@ -298,7 +298,8 @@ function transport.open()
   local t, err = transport.udp(host, port)
   if t then return t end
   if want == "udp" then
-    return nil, err .. ": install 'Mavriq Lua Sockets' from ReaPack, or set the transport to auto"
+    if not socket_lib then err = err .. ": install 'Mavriq Lua Sockets' from ReaPack, or set the transport to auto" end
+    return nil, err
   end
   if reaper.GetExtState(settings.SECTION, NOTE_KEY) == "" then
     reaper.SetExtState(settings.SECTION, NOTE_KEY, "1", false)
