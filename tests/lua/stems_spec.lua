@@ -215,7 +215,7 @@ describe("stem sets", function()
     model.gfx_keys[1] = 27
     assert.is_true(model.run_until(function() return not model.gfx_open end, 10))
     assert.is_true(socket.gettime() - t0 < 5) -- does not wait for the daemon (generous bound)
-    assert.matches("cancelled %(Esc%)", model.console_text())
+    assert.matches("cancelling 1 job %(from the progress window%)", model.console_text())
     model.run_until(function() return not model.running() end, 40)
     assert.are.same({}, model.errors)
     assert.matches("1 cancelled", model.console_text())
