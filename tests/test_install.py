@@ -1,4 +1,4 @@
-"""Installing ReaSAM: `reasam install-reaper` all or nothing, and the
+"""Installing ReaSAM: the set-up script's choices, `reasam install-reaper` all or nothing, and the
 wheel on its own (built here, installed into a fresh venv, used with no checkout in reach)."""
 
 from __future__ import annotations
@@ -20,6 +20,87 @@ from tests.conftest import on_small_filesystem
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "reaper_scripts" / "ReaSAM"
 SERVICE_TEMPLATES = ("reasam.service", "com.reasam.daemon.plist", "reasam-startup.cmd")
+
+
+# ---------------------------------------------------------------------------------------------
+# install/setup.sh: which Python and which torch build (--print-plan: nothing is installed)
+
+
+def _fake_tool(folder: Path, name: str, script: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+def _plan(tmp_path: Path, *args: str, gpu: bool, **env: str) -> subprocess.CompletedProcess:
+    """setup.sh --print-plan with an nvidia-smi first on PATH that lists a GPU or fails as it
+    does without a driver (so the machine's own GPU, or lack of one, does not matter)."""
+    bin_dir = tmp_path / "bin"
+    if gpu:
+        _fake_tool(bin_dir, "nvidia-smi", 'echo "GPU 0: NVIDIA H200 (UUID: GPU-1234)"\n')
+    else:
+        _fake_tool(
+            bin_dir,
+            "nvidia-smi",
+            'echo "NVIDIA-SMI has failed because it could not communicate '
+            'with the NVIDIA driver." >&2\nexit 9\n',
+        )
+    full_env = {k: v for k, v in os.environ.items() if k not in ("REASAM_TORCH", "PYTHON", "TORCH_PIP_ARGS")}
+    full_env.update({"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable, **env})
+    return subprocess.run(
+        ["bash", str(ROOT / "install" / "setup.sh"), "--print-plan", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+def _torch_requirement() -> str:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d for d in deps if d.startswith("torch>"))
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS always takes PyPI's build (no CUDA there)")
+def test_setup_takes_the_cpu_build_without_an_nvidia_gpu(tmp_path: Path) -> None:
+    proc = _plan(tmp_path, gpu=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch: cpu (no NVIDIA GPU found" in proc.stdout
+    assert "--index-url https://download.pytorch.org/whl/cpu" in proc.stdout
+    assert "about 200 MB" in proc.stdout
+    # the range pyproject declares, not a pin of the script's own
+    assert f"'{_torch_requirement()}'" in proc.stdout and "==" not in proc.stdout
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS always takes PyPI's build (no CUDA there)")
+def test_setup_takes_the_cuda_build_where_nvidia_smi_lists_a_gpu(tmp_path: Path) -> None:
+    proc = _plan(tmp_path, gpu=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch: cuda (found GPU 0: NVIDIA H200)" in proc.stdout
+    assert "--index-url" not in proc.stdout and "about 3 GB" in proc.stdout
+
+
+def test_setup_torch_choice_can_be_overridden(tmp_path: Path) -> None:
+    by_flag = _plan(tmp_path, "--torch", "cpu", gpu=True)
+    assert "torch: cpu (asked for)" in by_flag.stdout, by_flag.stderr
+    by_env = _plan(tmp_path, gpu=True, REASAM_TORCH="skip")
+    assert "torch: skip (asked for)" in by_env.stdout and "torch install" not in by_env.stdout
+    wrong = _plan(tmp_path, "--torch=rocm", gpu=False)
+    assert wrong.returncode == 2 and "must be cpu, cuda or skip, not 'rocm'" in wrong.stderr
+
+
+def test_setup_tells_a_python_310_system_what_to_do(tmp_path: Path) -> None:
+    # A python3.10 as Ubuntu 22.04 has it: too old for `import tomllib` and ReaSAM's 3.11 floor.
+    _fake_tool(
+        tmp_path / "old", "python3.10", 'case "$*" in *python_version*) echo 3.10.12 ;; *) exit 1 ;; esac\n'
+    )
+    proc = _plan(tmp_path, gpu=False, PYTHON=str(tmp_path / "old" / "python3.10"))
+    assert proc.returncode == 1
+    assert "needs Python 3.11 or newer" in proc.stderr and "is 3.10.12" in proc.stderr
+    assert "PYTHON=python3.11 bash install/setup.sh" in proc.stderr and "deadsnakes" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
