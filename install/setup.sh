@@ -112,12 +112,16 @@ esac
 # shellcheck disable=SC2206  # TORCH_PIP_ARGS is a list of words on purpose
 torch_args+=(${TORCH_PIP_ARGS:-})
 
+torch_version() { .venv/bin/python -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null; }
 if [ "$PLAN" = 1 ]; then
   echo "python: $(command -v "$PYTHON") ($("$PYTHON" -c 'import platform; print(platform.python_version())'))"
+  if [ -x .venv/bin/python ] && installed=$(torch_version); then
+    echo "torch $installed is already in .venv: it is kept, whatever the choice below"
+  fi
   echo "torch: $TORCH ($why)"
   if [ "$TORCH" != skip ]; then
     echo "torch source: $source_text ($size)"
-    echo "torch install: pip install ${torch_args[*]} '$TORCH_REQ'"
+    echo "torch install: pip install ${torch_args[*]:+${torch_args[*]} }'$TORCH_REQ'"
   fi
   exit 0
 fi
@@ -130,7 +134,6 @@ else
   step "using the virtual environment .venv"
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-torch_version() { .venv/bin/python -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null; }
 installed=$(torch_version || true)
 if [ -n "$installed" ]; then
   step "torch $installed is already in .venv: kept (to change it: .venv/bin/python -m pip uninstall torch, then run this again)"
@@ -153,7 +156,10 @@ else
   step "installed torch $(torch_version)"
 fi
 step "installing ReaSAM and its dependencies into .venv"
-.venv/bin/python -m pip install -q -e .
+# An editable install of a package with mapped folders (pyproject.toml) makes setuptools warn, in
+# a large box, that a folder named like the package in the working directory would shadow it;
+# there is none here.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e .
 if [ "$SAM" = 1 ]; then
   step "installing SAM-Audio over the venv's torch"
   # timm (for perception-models) and upstream sam-audio itself depend on torchvision and
