@@ -127,6 +127,20 @@ def test_install_reaper_failing_late_leaves_nothing(
     assert _tree(res) == before  # no action, no temporary file, no ReaSAM/reasam-command.txt
 
 
+def test_install_reaper_with_a_folder_in_the_way_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reasam.cli import main
+
+    res = tmp_path / "REAPER"
+    # Every file is written under its temporary name before this one's folder is found.
+    (res / "Scripts" / "ReaSAM" / "lib" / "util.lua").mkdir(parents=True)
+    before = _tree(res)
+    assert main(["install-reaper", "--resource-path", str(res)]) == 1
+    assert "nothing was installed" in capsys.readouterr().err
+    assert _tree(res) == before
+
+
 def test_install_reaper_on_a_full_disk_leaves_nothing(tmp_path: Path) -> None:
     mount = tmp_path / "REAPER"
     reasam = shutil.which("reasam", path=str(Path(sys.executable).parent))

@@ -9,6 +9,7 @@ and created, so REAPER never sees half an update.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -100,6 +101,7 @@ def write_all(files: list[tuple[Path, bytes]]) -> None:
     """Write every (path, bytes) or, on the first failure, none: temporary names first, then renames."""
     created: list[Path] = []
     staged: list[tuple[Path, Path]] = []
+    replaced = 0  # renamed into place: only a rename failing midway (rare) leaves any
     target = files[0][0] if files else Path()
     try:
         for target, data in files:
@@ -109,9 +111,10 @@ def write_all(files: list[tuple[Path, bytes]]) -> None:
             temp.write_bytes(data)
         for _, target in staged:
             if target.is_dir():  # os.replace would fail on some systems and not others: say it plainly
-                raise IsADirectoryError(21, "a folder is in the way", str(target))
+                raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(target))
         for temp, target in staged:
             os.replace(temp, target)
+            replaced += 1
     except OSError as exc:
         for temp, _ in staged:
             with contextlib.suppress(OSError):
@@ -119,9 +122,8 @@ def write_all(files: list[tuple[Path, bytes]]) -> None:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise ReasamError(
-            "bad_request", f"{output_error(exc, target)}; nothing was installed", usage=False
-        ) from None
+        done = f"{replaced} of {len(files)} files were updated" if replaced else "nothing was installed"
+        raise ReasamError("bad_request", f"{output_error(exc, target)}; {done}", usage=False) from None
 
 
 def _make_parents(folder: Path, created: list[Path]) -> None:
