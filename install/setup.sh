@@ -177,7 +177,8 @@ if [ "$SAM" = 1 ]; then
   echo "torch==$torch_version" > "$constraints"
   .venv/bin/python -m pip install -q ${index_args[@]+"${index_args[@]}"} -c "$constraints" torchvision torchaudio
   .venv/bin/python -m pip freeze | grep -iE '^(torch|torchvision|torchaudio)==' > "$constraints"
-  .venv/bin/python -m pip install -q ${index_args[@]+"${index_args[@]}"} -c "$constraints" -e '.[sam]'
+  PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install -q ${index_args[@]+"${index_args[@]}"} -c "$constraints" -e '.[sam]'
   .venv/bin/python -m pip install -q ${index_args[@]+"${index_args[@]}"} -c "$constraints" \
     "sam-audio @ git+https://github.com/facebookresearch/sam-audio"
   echo "SAM-Audio installed over torch $torch_version (pins in $constraints)."
