@@ -287,7 +287,7 @@ def test_install_reaper_without_reaper(tmp_path: Path, capsys: pytest.CaptureFix
     from reasam.cli import main
 
     assert main(["install-reaper", "--resource-path", str(tmp_path / "missing")]) == 1
-    assert "no REAPER resource folder" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
 
 
 def test_install_reaper_command_only(tmp_path: Path) -> None:

@@ -386,7 +386,9 @@ def _add_install_reaper(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="REAPER's resource folder (REAPER: Options > Show REAPER resource path); default: usual place",
     )
-    p.add_argument("--scripts", type=Path, default=None, help="the ReaSAM scripts (default: this checkout's)")
+    p.add_argument(
+        "--scripts", type=Path, default=None, help="the ReaSAM scripts folder (default: this install's)"
+    )
     p.add_argument(
         "--command-only", action="store_true", help="only record the reasam command (for ReaPack installs)"
     )
@@ -394,48 +396,17 @@ def _add_install_reaper(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_install_reaper(args: argparse.Namespace) -> int:
-    import os
-    import shutil
+    from . import reaper_install
 
-    if args.resource_path is not None:
-        res = args.resource_path.expanduser().absolute()
-    elif sys.platform == "win32":
-        res = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "REAPER"
-    elif sys.platform == "darwin":
-        res = Path.home() / "Library" / "Application Support" / "REAPER"
-    else:
-        res = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "REAPER"
-    if not res.is_dir():
-        raise ReasamError(
-            "not_found",
-            f"{res}: no REAPER resource folder; pass --resource-path "
-            "(REAPER: Options > Show REAPER resource path in explorer/finder)",
-        )
-    exe = Path(sys.argv[0]).absolute()
-    if not (exe.name.startswith("reasam") and exe.is_file()):
-        exe = Path(sys.executable).with_name("reasam.exe" if sys.platform == "win32" else "reasam")
-    command = str(exe) if exe.is_file() else (shutil.which("reasam") or "reasam")
-    (res / "ReaSAM").mkdir(parents=True, exist_ok=True)
-    (res / "ReaSAM" / "reasam-command.txt").write_text(command + "\n", encoding="utf-8")
-    print(f"the actions will run: {command}")
-    if args.command_only:
+    res = reaper_install.resource_folder(args.resource_path)
+    scripts = args.scripts.expanduser().absolute() if args.scripts is not None else None
+    done = reaper_install.install(res, scripts, command_only=args.command_only)
+    print(f"the actions will run: {done.command}")
+    if done.dest is None:
         return EXIT_OK
-    src = (args.scripts or Path(__file__).resolve().parents[2] / "reaper_scripts" / "ReaSAM").absolute()
-    if not (src / "lib").is_dir():
-        raise ReasamError("not_found", f"{src}: the ReaSAM scripts are not here; pass --scripts")
-    dest = res / "Scripts" / "ReaSAM"
-    actions = []
-    for f in [*sorted(src.glob("*.lua")), *sorted((src / "lib").glob("*.lua"))]:
-        if f.name == "ReaSAM.lua":  # ReaPack package metadata, not an action
-            continue
-        target = dest / f.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, target)
-        if f.parent == src:
-            actions.append(target)
-    print(f"copied {len(actions)} actions and their lib/ to {dest}")
+    print(f"copied {len(done.actions)} actions and their lib/ to {done.dest}")
     print("In REAPER: Actions > Show action list > New action... > Load ReaScript..., select these files:")
-    for a in actions:
+    for a in done.actions:
         print(f"  {a.name}")
     print('Then select "Script: Separate selection - vocals.lua", click Add... (Shortcuts) and press a key.')
     return EXIT_OK

@@ -386,18 +386,6 @@ def current_platform() -> str:
     return "linux"
 
 
-def install_dir() -> Path:
-    """The repository's install/ folder, which holds the service templates."""
-    folder = Path(__file__).resolve().parents[2] / "install"
-    if not (folder / SERVICE_FILES["linux"]).is_file():
-        raise ReasamError(
-            "not_found",
-            f"{folder}: service templates not found; install-service needs a source checkout "
-            "of ReaSAM (pip install -e .)",
-        )
-    return folder
-
-
 def default_service_dir(platform: str) -> Path:
     if platform == "linux":
         base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -422,8 +410,10 @@ def render_service(platform: str, extra_args: list[str] | None = None, python: s
     """The service file for `platform` with the Python and extra `reasam serve` arguments."""
     from xml.sax.saxutils import escape
 
+    from .bundled import service_templates
+
     args = list(extra_args or [])
-    text = (install_dir() / SERVICE_FILES[platform]).read_text(encoding="utf-8")
+    text = (service_templates() / SERVICE_FILES[platform]).read_text(encoding="utf-8")
     python = python or _service_python(platform)
     if platform == "macos":
         xml_args = "".join(f"    <string>{escape(a)}</string>\n" for a in args)
@@ -451,10 +441,10 @@ def install_service(
     import subprocess
 
     platform = platform or current_platform()
+    text = render_service(platform, extra_args)  # before any write: a missing template writes nothing
     folder = (dest or default_service_dir(platform)).expanduser().absolute()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SERVICE_FILES[platform]
-    text = render_service(platform, extra_args)
     temp = path.with_name(f".{path.name}.partial")
     newline = "\r\n" if platform == "windows" else "\n"
     with open(temp, "w", encoding="utf-8", newline="") as fh:
