@@ -30,6 +30,7 @@
 --   [main] Separate selection - sound in time selection.lua
 --   [main] Separate selection - stems....lua
 --   [main] Separate selection - vocals, drums, bass, rest.lua
+--   [main] Separate time selection - vocals.lua
 --   [main] ReaSAM - cancel jobs.lua
 --   [main] ReaSAM - status and settings.lua
 --   [nomain] lib/*.lua

@@ -340,7 +340,7 @@ describe("actions", function()
     end)
 
     it("separates only the time selection when that setting is on", function()
-      model.set_setting("limit_to_time_selection", "y")
+      model.set_setting("region", "time_selection")
       local tr = model.add_track("Mix")
       local item = model.add_item(tr, { file = song, position = 10, startoffs = 0.5, length = 3, playrate = 1.0 })
       model.time_sel = { 11, 12.25 }

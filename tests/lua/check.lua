@@ -76,6 +76,15 @@ function C.set_sum(orig_item, items, tol)
   return checked, worst
 end
 
+-- Stems as takes of the original item: each take plays through the item's position and length,
+-- so it is checked as an item of its own with the item's values (orig_take: the original take).
+function C.takes_sum(item, orig_take, takes, tol)
+  local function as_item(take) return { info = item.info, active = take } end
+  local list = {}
+  for i, t in ipairs(takes) do list[i] = as_item(t) end
+  return C.set_sum(as_item(orig_take), list, tol)
+end
+
 function C.stems_sum(orig_item, target_item, residual_item, tol)
   return C.set_sum(orig_item, { target_item, residual_item }, tol)
 end

@@ -222,7 +222,7 @@ describe("importer", function()
   for _, case in ipairs({
     { "a stem set", { title = "set", prompt_text = "drums", prompt_name = "drums, harmonic, rest",
       prompts = { "drums", "harmonic" } }, set_manifest, 3 },
-    { "a one-undo run", { title = "one", prompt_text = "drums", prompt_name = "drums", one_undo = true },
+    { "a one-prompt run", { title = "one", prompt_text = "drums", prompt_name = "drums" },
       manifest, 2 },
   }) do
     it(case[1] .. " imports one job per tick, fails a malformed manifest alone, and makes one undo point",

@@ -312,7 +312,7 @@ function M.new(opts)
       if set then obj.ext[ext] = value edit() end
       return true, obj.ext[ext] or ""
     end
-    if key == "GUID" then return true, obj.guid or "" end
+    if key == "GUID" then return true, model.guid_of(obj) end
     error("unknown string attribute " .. key, 3)
   end
   R.GetSetMediaTrackInfo_String = function(tr, key, value, set)
@@ -391,6 +391,57 @@ function M.new(opts)
       return 0
     end
   end
+  -- Takes, item GUIDs and extension data, take FX (stems as takes; re-separation) --------------
+  -- From REAPER's ReaScript API reference (reascripthelp): GetSetMediaItemInfo_String keys
+  -- "GUID" (16-byte GUID, query or update) and "P_EXT:xyz" (extension-specific persistent data);
+  -- CountTakes(item), GetTake(item, takeidx), GetMediaItemTake_Item(take); SetActiveTake(take)
+  -- "set this take active in this media item"; AddTakeToMediaItem "creates a new take in an item"
+  -- (the model leaves the active take as it was: scripts that care call SetActiveTake);
+  -- CountTrackMediaItems(track), GetTrackMediaItem(tr, itemidx); TakeFX_GetCount(take).
+  -- GUIDs are made on first use (every object has one in REAPER; only their identity matters).
+  function model.guid_of(obj)
+    if not obj.guid then
+      model.guid = model.guid + 1
+      obj.guid = string.format("{00000000-0000-0000-%04d-%012d}", obj.kind == "take" and 2 or 1, model.guid)
+    end
+    return obj.guid
+  end
+  R.GetSetMediaItemInfo_String = function(item, key, value, set)
+    assert(item and item.kind == "item", "GetSetMediaItemInfo_String: not an item")
+    item.ext = item.ext or {}
+    if key == "GUID" then return true, model.guid_of(item) end
+    local ext = key:match("^P_EXT:(.+)$")
+    if not ext then error("GetSetMediaItemInfo_String: unknown attribute " .. key, 2) end
+    if set then item.ext[ext] = value edit() end
+    return true, item.ext[ext] or ""
+  end
+  R.CountTakes = function(item)
+    assert(item and item.kind == "item", "CountTakes: not an item")
+    return #item.takes
+  end
+  R.GetTake = function(item, idx) return item.takes[idx + 1] end
+  R.GetMediaItemTake_Item = function(take) return take.item end
+  R.SetActiveTake = function(take)
+    assert(take and take.kind == "take", "SetActiveTake: not a take")
+    take.item.active = take
+    edit()
+  end
+  R.CountTrackMediaItems = function(tr)
+    assert(tr and tr.kind == "track", "CountTrackMediaItems: not a track")
+    return #tr.items
+  end
+  R.GetTrackMediaItem = function(tr, idx) return tr.items[idx + 1] end
+  R.TakeFX_GetCount = function(take) return take.fx or 0 end
+  -- A take added by hand (a test's take lane): spec as model.add_item's file/source/startoffs/playrate.
+  function model.add_take(item, spec)
+    local take = R.AddTakeToMediaItem(item)
+    take.source = spec.source or model.file_source(spec.file)
+    take.name = spec.name or ""
+    take.info.D_STARTOFFS = spec.startoffs or 0
+    take.info.D_PLAYRATE = spec.playrate or 1
+    return take
+  end
+
   -- Blocks nest as in REAPER: only the outermost one makes an undo point (with its description).
   R.Undo_BeginBlock = function()
     if model.undo_depth == 0 then model.block_start_edits = model.edits end

@@ -33,31 +33,48 @@ local function gather(opts)
   return requests, notes
 end
 
-local function limit_opts(opts)
+-- The region to separate: each item, or (setting `region`, or the time-selection actions) only
+-- its part inside the time selection. Returns opts, or nil after saying why (no time selection).
+local function limit_opts(opts, region)
   opts = opts or {}
-  if settings.get("limit_to_time_selection") then
+  if (region or settings.region()) == "time_selection" then
     local a, b = selection.time_selection()
-    if a then opts.limit = { a, b } end
+    if not a then
+      message("Make a time selection first: only the part of each selected item inside it is separated"
+        .. (region and "." or " (the setting 'Region' is time_selection)."))
+      return nil
+    end
+    opts.limit = { a, b }
   end
   return opts
 end
 
--- one_undo: one undo point for the whole run (else one per item, each imported as it finishes).
-function actions.run(prompt_text, prompt_name, requests, notes, title, one_undo)
+local function gather_region(region)
+  if reaper.CountSelectedMediaItems(0) == 0 then
+    message("Select one or more audio items first.")
+    return nil
+  end
+  local opts = limit_opts(nil, region)
+  if not opts then return nil end
+  return gather(opts)
+end
+
+-- One undo point for the whole run, however many items.
+function actions.run(prompt_text, prompt_name, requests, notes, title)
   local run = runner.new({
     title = title or ("Separate " .. prompt_name),
     prompt_text = prompt_text,
     prompt_name = prompt_name,
     requests = requests,
     notes = notes,
-    one_undo = one_undo,
   })
   return run:start()
 end
 
--- "Separate selection - vocals/drums/bass/instrumental".
-function actions.separate(prompt)
-  local requests, notes = gather(limit_opts())
+-- "Separate selection - vocals/drums/bass/instrumental"; region "time_selection": "Separate time
+-- selection - vocals" (only the part of each item inside the time selection, whatever the setting).
+function actions.separate(prompt, region)
+  local requests, notes = gather_region(region)
   if not requests then return nil end
   return actions.run(prompt, prompt, requests, notes)
 end
@@ -79,7 +96,7 @@ end
 
 -- "Separate selection - vocals, drums, bass, rest" and other ready-made sets.
 function actions.stem_set(prompts)
-  local requests, notes = gather(limit_opts())
+  local requests, notes = gather_region()
   if not requests then return nil end
   return actions.run_set(prompts, requests, notes)
 end
@@ -97,10 +114,10 @@ function actions.stems()
       message("Tick at least one stem, or type one under 'also'.")
       return
     end
-    local requests, notes = gather(limit_opts())
+    local requests, notes = gather_region()
     if not requests then return end
     if #prompts == 1 then
-      actions.run(prompts[1], prompts[1], requests, notes, nil, true)
+      actions.run(prompts[1], prompts[1], requests, notes)
     else
       actions.run_set(prompts, requests, notes)
     end
@@ -146,7 +163,7 @@ function actions.custom()
     return nil
   end
   settings.remember_prompt(prompt)
-  local requests, notes = gather(limit_opts())
+  local requests, notes = gather_region()
   if not requests then return nil end
   return actions.run(prompt, prompt, requests, notes)
 end

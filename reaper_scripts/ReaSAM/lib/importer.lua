@@ -164,48 +164,85 @@ function importer.placement(req, stem, sample_rate)
   }
 end
 
-local TAKE_COPY = { "D_PLAYRATE", "B_PPITCH", "D_PITCH", "I_PITCHMODE", "D_VOL", "D_PAN", "I_CHANMODE" }
+-- The take's gain stage as the original's: D_PANLAW (-1 = the project's pan law) with D_PAN and
+-- D_VOL, so that the stems pan and sum like the original did.
+local TAKE_COPY = { "D_PLAYRATE", "B_PPITCH", "D_PITCH", "I_PITCHMODE", "D_VOL", "D_PAN", "D_PANLAW", "I_CHANMODE" }
 
-local function add_item(track, path, place, job, role, stem_name, changes)
+local function open_source(path)
+  local src = reaper.PCM_Source_CreateFromFile(path)
+  if not src then error("REAPER could not open " .. path, 0) end
+  return src
+end
+
+local function copy_take_values(orig_take, take)
+  if not valid(orig_take, "MediaItem_Take*") then return end
+  for _, key in ipairs(TAKE_COPY) do
+    reaper.SetMediaItemTakeInfo_Value(take, key, reaper.GetMediaItemTakeInfo_Value(orig_take, key))
+  end
+end
+
+local function obj_guid(kind, obj)
+  if not valid(obj, kind) then return "" end
+  local get = kind == "MediaItem*" and reaper.GetSetMediaItemInfo_String or reaper.GetSetMediaItemTakeInfo_String
+  local _, g = get(obj, "GUID", "", false)
+  return g or ""
+end
+
+-- What the stems of a job are for: the original item and take, the prompts (with any spans), the
+-- region (file seconds). Written on every take ReaSAM makes, so that separating the same item
+-- again with the same prompts finds them (settings: on_repeat).
+local function stem_key(job)
+  return job.prompt_name .. "|" .. table.concat(job.request.spans or {}, " ")
+end
+
+local function stamp(take, job, role, stem)
+  local req = job.request
+  local set = reaper.GetSetMediaItemTakeInfo_String
+  set(take, "P_EXT:reasam_job", job.id, true)
+  set(take, "P_EXT:reasam_prompt", job.prompt_text or "", true)
+  set(take, "P_EXT:reasam_spans", table.concat(req.spans or {}, " "), true)
+  set(take, "P_EXT:reasam_role", role, true)
+  set(take, "P_EXT:reasam_stem", stem, true)
+  set(take, "P_EXT:reasam_key", stem_key(job), true)
+  set(take, "P_EXT:reasam_item", obj_guid("MediaItem*", req.item), true)
+  set(take, "P_EXT:reasam_take", obj_guid("MediaItem_Take*", req.take), true)
+  set(take, "P_EXT:reasam_region", util.num(req.region_start) .. ":" .. util.num(req.region_end), true)
+end
+
+local function add_item(track, src, place, job, stem_name, changes)
   local req = job.request
   local item = reaper.AddMediaItemToTrack(track)
   changes.items[#changes.items + 1] = { track = track, item = item }
   local take = reaper.AddTakeToMediaItem(item)
-  local src = reaper.PCM_Source_CreateFromFile(path)
-  if not src then error("REAPER could not open " .. path, 0) end
   reaper.SetMediaItemTake_Source(take, src)
   reaper.SetMediaItemInfo_Value(item, "D_POSITION", place.position)
   reaper.SetMediaItemInfo_Value(item, "D_LENGTH", place.length)
   reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
-  local orig_item, orig_take = req.item, req.take
-  if valid(orig_take, "MediaItem_Take*") then
-    for _, key in ipairs(TAKE_COPY) do
-      reaper.SetMediaItemTakeInfo_Value(take, key, reaper.GetMediaItemTakeInfo_Value(orig_take, key))
-    end
-  end
+  local orig_item = req.item
+  copy_take_values(req.take, take)
   reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", place.playrate)
   reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", place.startoffs)
   if valid(orig_item, "MediaItem*") then
     reaper.SetMediaItemInfo_Value(item, "D_VOL", reaper.GetMediaItemInfo_Value(orig_item, "D_VOL"))
-    -- Fades belong to the original's edges: keep them where the new item shares an edge.
+    -- Fades (and the auto-crossfades REAPER made with neighbours) belong to the original's edges:
+    -- keep them where the new item shares an edge.
     local opos = req.item_position
     if math.abs(place.position - opos) < 1e-6 then
-      for _, key in ipairs({ "D_FADEINLEN", "C_FADEINSHAPE", "D_FADEINDIR" }) do
+      for _, key in ipairs({ "D_FADEINLEN", "C_FADEINSHAPE", "D_FADEINDIR", "D_FADEINLEN_AUTO" }) do
         reaper.SetMediaItemInfo_Value(item, key, reaper.GetMediaItemInfo_Value(orig_item, key))
       end
     end
     if math.abs(place.position + place.length - (opos + req.item_length)) < 1e-6 then
-      for _, key in ipairs({ "D_FADEOUTLEN", "C_FADEOUTSHAPE", "D_FADEOUTDIR" }) do
+      for _, key in ipairs({ "D_FADEOUTLEN", "C_FADEOUTSHAPE", "D_FADEOUTDIR", "D_FADEOUTLEN_AUTO" }) do
         reaper.SetMediaItemInfo_Value(item, key, reaper.GetMediaItemInfo_Value(orig_item, key))
       end
     end
+    -- The snap offset (from the item's start) stays on the same moment of the audio.
+    local snap = opos + reaper.GetMediaItemInfo_Value(orig_item, "D_SNAPOFFSET") - place.position
+    reaper.SetMediaItemInfo_Value(item, "D_SNAPOFFSET", math.max(0, math.min(place.length, snap)))
   end
   reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", stem_name, true)
-  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_job", job.id, true)
-  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", job.prompt_text or "", true)
-  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_spans", table.concat(req.spans or {}, " "), true)
-  reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_role", role, true)
-  return item, take, src
+  return item, take
 end
 
 -- Picks the target and residual stems of a manifest; nil, message when it lacks them.
@@ -314,8 +351,201 @@ local function transaction(job, opts, result, body)
   return result
 end
 
--- Imports one stem-set job into its folder. opts: { mute, batch, import_absent, undo }.
--- Returns { items, sources, tracks, skipped = { prompt names not found } } or nil, message. A
+-- Where the new take of a stem starts in its source, to play in the original item exactly what
+-- the original take plays there: at project time t the original plays file time
+--   offset + D_STARTOFFS + (t - D_POSITION) * D_PLAYRATE
+-- and the new take plays stem time  startoffs + (t - D_POSITION) * D_PLAYRATE, stem time 0 being
+-- file time region_start; so startoffs = offset + D_STARTOFFS - region_start (negative when the
+-- stem starts later: REAPER plays silence before a source's start, as the original does there).
+function importer.take_placement(req, stem)
+  return { startoffs = (req.section_offset or 0) + req.startoffs - stem.region_start, playrate = req.playrate }
+end
+
+-- Why stems cannot be takes of the original item (then they go on tracks), or nil. A take spans
+-- the whole item: only stems that cover everything the original plays in it can be one.
+function importer.takes_refusal(req, plan, sample_rate)
+  if req.partial then return "only part of the item was separated (the time selection)" end
+  if not valid(req.item, "MediaItem*") or not valid(req.take, "MediaItem_Take*") then
+    return "the original item is gone"
+  end
+  local tol = (sample_rate and sample_rate > 0) and 1.5 / sample_rate or 1e-3
+  for _, p in ipairs(plan) do
+    local s = p.stem
+    local stem_end = s.region_end
+    if s.frames and sample_rate and sample_rate > 0 then stem_end = s.region_start + s.frames / sample_rate end
+    if s.region_start > req.region_start + tol or stem_end < req.region_end - tol then
+      return "the stems do not cover the whole item"
+    end
+  end
+  return nil
+end
+
+local function ext(take, key)
+  local _, v = reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:" .. key, "", false)
+  return v or ""
+end
+
+-- The stems ReaSAM made earlier for the same item, prompts and an overlapping region: a list of
+-- { kind = "take", take } (a take of the original item) or { kind = "item", item, track } (an
+-- item holding only ReaSAM's takes, wherever the user moved it or however the track is named),
+-- each with its stem key. A take the user put in an item of their own is theirs: not listed.
+function importer.earlier(job)
+  local req = job.request
+  local item_guid = obj_guid("MediaItem*", req.item)
+  if item_guid == "" then return {} end
+  local key = stem_key(job)
+  local found = {}
+  for t = 0, reaper.CountTracks(0) - 1 do
+    local tr = reaper.GetTrack(0, t)
+    for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
+      local it = reaper.GetTrackMediaItem(tr, i)
+      local n, ours, hits = reaper.CountTakes(it), 0, {}
+      for k = 0, n - 1 do
+        local tk = reaper.GetTake(it, k)
+        if ext(tk, "reasam_role") ~= "" then ours = ours + 1 end
+        local a, b = ext(tk, "reasam_region"):match("^([^:]+):([^:]+)$")
+        a, b = tonumber(a), tonumber(b)
+        if ext(tk, "reasam_item") == item_guid and ext(tk, "reasam_key") == key and a and b
+          and a < req.region_end and b > req.region_start then
+          hits[#hits + 1] = tk
+        end
+      end
+      for _, tk in ipairs(hits) do
+        if it == req.item then
+          found[#found + 1] = { kind = "take", take = tk, stem = ext(tk, "reasam_stem") }
+        elseif ours == n then
+          found[#found + 1] = { kind = "item", item = it, track = tr, stem = ext(tk, "reasam_stem") }
+        end
+      end
+    end
+  end
+  return found
+end
+
+-- The earlier stems by stem key when every stem of the plan has one (and those that are takes
+-- can be takes again); else nil.
+local function reusable(earlier, plan, takes_ok)
+  if #earlier == 0 then return nil end
+  local by = {}
+  for _, e in ipairs(earlier) do by[e.stem] = by[e.stem] or e end
+  for _, p in ipairs(plan) do
+    local e = by[p.key]
+    if not e or (e.kind == "take" and not takes_ok) then return nil end
+  end
+  return by
+end
+
+local function delete_items(entries)
+  local gone = {}
+  for _, e in ipairs(entries) do
+    if e.kind == "item" and not gone[e.item] and valid(e.item, "MediaItem*") then
+      gone[e.item] = true
+      reaper.DeleteTrackMediaItem(reaper.GetMediaItem_Track(e.item), e.item)
+    end
+  end
+end
+
+-- Puts a stem into a take (new or earlier) of the original item.
+local function fill_take(take, p, job)
+  local req = job.request
+  local tp = importer.take_placement(req, p.stem)
+  reaper.SetMediaItemTake_Source(take, p.src)
+  copy_take_values(req.take, take)
+  reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", tp.playrate)
+  reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", tp.startoffs)
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", p.name, true)
+end
+
+-- The import itself, for a pair or a set: `plan` lists { stem, name, role, key, prompt }.
+-- opts: { place, take_residual, active_take, on_repeat, mute, ... }; make_tracks(changes, plan)
+-- gives one track per plan entry (tracks mode). Opens every stem before changing the project,
+-- so that what follows cannot fail half-way through what cannot be rolled back (a deleted
+-- earlier stem, a new take).
+local function import_plan(job, plan, rate, opts, result, make_tracks)
+  local req = job.request
+  for _, p in ipairs(plan) do
+    p.place = importer.placement(req, p.stem, rate)
+    if p.place.length <= 0 then return nil, "the stem does not overlap the item" end
+  end
+  local takes = opts.place == "takes"
+  if takes then
+    local why = importer.takes_refusal(req, plan, rate)
+    if why then
+      result.fallback = why
+      takes = false
+    end
+  end
+  local use = plan
+  if takes and opts.take_residual == false then
+    use = {}
+    for _, p in ipairs(plan) do if p.role ~= "residual" then use[#use + 1] = p end end
+  end
+  local takes_ok = importer.takes_refusal(req, use, rate) == nil
+  return transaction(job, opts, result, function(changes)
+    for _, p in ipairs(use) do
+      p.src = open_source(p.stem.path)
+      result.sources[#result.sources + 1] = p.src
+    end
+    local earlier = opts.on_repeat == "keep" and {} or importer.earlier(job)
+    local reuse = reusable(earlier, use, takes_ok)
+    local out_takes = {}
+    if reuse then
+      -- The new stems take the earlier ones' places: their takes, or their tracks.
+      delete_items(earlier) -- the earlier items of this item's stems, all of them ours
+      for _, p in ipairs(use) do
+        local e = reuse[p.key]
+        if e.kind == "take" then
+          fill_take(e.take, p, job)
+          out_takes[#out_takes + 1] = e.take
+          stamp(e.take, job, p.role, p.key)
+          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(e.take, "P_EXT:reasam_prompt", p.prompt, true) end
+        else
+          local item, take = add_item(e.track, p.src, p.place, job, p.name, changes)
+          stamp(take, job, p.role, p.key)
+          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
+          result.items[#result.items + 1] = item
+          result.tracks[#result.tracks + 1] = e.track
+        end
+      end
+      result.replaced = #earlier
+    else
+      delete_items(earlier)
+      for _, e in ipairs(earlier) do
+        if e.kind == "take" then result.left = (result.left or 0) + 1 end
+      end
+      result.replaced = #earlier - (result.left or 0)
+      if takes then
+        for _, p in ipairs(use) do
+          local take = reaper.AddTakeToMediaItem(req.item)
+          fill_take(take, p, job)
+          stamp(take, job, p.role, p.key)
+          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
+          out_takes[#out_takes + 1] = take
+        end
+      else
+        local tracks = make_tracks(changes, use)
+        for i, p in ipairs(use) do
+          local item, take = add_item(tracks[i], p.src, p.place, job, p.name, changes)
+          stamp(take, job, p.role, p.key)
+          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
+          result.tracks[#result.tracks + 1] = tracks[i]
+          result.items[#result.items + 1] = item
+        end
+      end
+    end
+    result.takes = out_takes
+    if #out_takes > 0 then
+      -- The target plays (what the action isolated), unless the setting keeps the original.
+      reaper.SetActiveTake(opts.active_take == "original" and req.take or out_takes[1])
+    elseif opts.mute and valid(req.item, "MediaItem*") then
+      set_existing(changes, "MediaItem*", req.item, "B_MUTE", 1)
+    end
+  end)
+end
+
+-- Imports one stem-set job into its folder. opts: { mute, batch, import_absent, undo, place,
+-- take_residual, active_take, on_repeat }.
+-- Returns { items, sources, tracks, takes, skipped = { prompt names not found } } or nil, message. A
 -- target the daemon did not find goes on a muted "<prompt> (not found)" track after the rest
 -- (the residual is the region minus every target, so the tracks still sum to the original);
 -- import_absent puts it among the others, unmuted. With no target found (and import_absent off)
@@ -328,10 +558,12 @@ function importer.import_set(job, manifest, opts)
   local result = { items = {}, sources = {}, tracks = {}, skipped = {} }
   local plan, absent = {}, {}
   for _, s in ipairs(targets) do
+    local shown = settings.track_name("target", s.name)
     if importer.found(s) or opts.import_absent then
-      plan[#plan + 1] = { stem = s, name = s.name, role = "target" }
+      plan[#plan + 1] = { stem = s, name = shown, key = s.name, prompt = s.name, role = "target" }
     else
-      absent[#absent + 1] = { stem = s, name = s.name, role = "target", absent = true }
+      absent[#absent + 1] = { stem = s, name = shown .. " (not found)", key = s.name, prompt = s.name,
+        role = "target", absent = true }
       result.skipped[#result.skipped + 1] = s.name
     end
   end
@@ -339,48 +571,33 @@ function importer.import_set(job, manifest, opts)
     result.nothing = true
     return result
   end
-  plan[#plan + 1] = { stem = residual, name = "rest", role = "residual" }
+  plan[#plan + 1] = { stem = residual, name = "rest", key = "rest", role = "residual" }
   table.move(absent, 1, #absent, #plan + 1, plan)
-  return transaction(job, opts, result, function(changes)
-    local tracks = set_tracks(job, plan, opts, changes)
-    for i, p in ipairs(plan) do
-      local place = importer.placement(job.request, p.stem, rate)
-      if place.length <= 0 then error("the stem does not overlap the item", 0) end
-      local item, take, src = add_item(tracks[i], p.stem.path, place, job, p.role, p.name, changes)
-      if p.role == "target" then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.name, true) end
-      result.tracks[#result.tracks + 1] = tracks[i]
-      result.items[#result.items + 1] = item
-      result.sources[#result.sources + 1] = src
-    end
-    if opts.mute and valid(job.request.item, "MediaItem*") then
-      set_existing(changes, "MediaItem*", job.request.item, "B_MUTE", 1)
-    end
+  return import_plan(job, plan, rate, opts, result, function(changes, use)
+    local stems = {}
+    for i, p in ipairs(use) do stems[i] = { name = p.key, absent = p.absent } end
+    return set_tracks(job, stems, opts, changes)
   end)
 end
 
--- Imports one job. opts: { folder, mute, batch, undo }. Returns { items, sources, tracks } or nil,
--- message. A failure half-way leaves the project as it was: what this call created is deleted
--- (and what it changed restored) before the undo block closes.
+-- Imports one job. opts: { folder, mute, batch, undo, place, take_residual, active_take,
+-- on_repeat }. Returns { items, sources, tracks, takes } or nil, message. A failure half-way
+-- leaves the project as it was: what this call created is deleted (and what it changed
+-- restored) before the undo block closes.
 function importer.import(job, manifest, opts)
   local target, residual = importer.stems(manifest)
   if not target then return nil, residual end
   local rate = tonumber(manifest.sample_rate)
   local result = { items = {}, sources = {}, tracks = {} }
-  return transaction(job, opts, result, function(changes)
+  local plan = {
+    { stem = target, name = settings.track_name("target", job.prompt_name), key = "target", role = "target" },
+    { stem = residual, name = settings.track_name("residual", job.prompt_name), key = "residual", role = "residual" },
+  }
+  return import_plan(job, plan, rate, opts, result, function(changes, use)
     local tr_target, tr_residual = tracks_for(job, opts, changes)
-    result.tracks = { tr_target, tr_residual }
-    for _, pair in ipairs({ { tr_target, target, "target" }, { tr_residual, residual, "residual" } }) do
-      local place = importer.placement(job.request, pair[2], rate)
-      if place.length <= 0 then error("the stem does not overlap the item", 0) end
-      local stem_name = (pair[3] == "residual") and settings.track_name("residual", job.prompt_name)
-        or settings.track_name("target", job.prompt_name)
-      local item, _, src = add_item(pair[1], pair[2].path, place, job, pair[3], stem_name, changes)
-      result.items[#result.items + 1] = item
-      result.sources[#result.sources + 1] = src
-    end
-    if opts.mute and valid(job.request.item, "MediaItem*") then
-      set_existing(changes, "MediaItem*", job.request.item, "B_MUTE", 1)
-    end
+    local out = {}
+    for i, p in ipairs(use) do out[i] = p.role == "target" and tr_target or tr_residual end
+    return out
   end)
 end
 

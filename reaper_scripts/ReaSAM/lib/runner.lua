@@ -77,9 +77,9 @@ Run.__index = Run
 -- "empty": the daemon found nothing like the prompt, and nothing was imported.
 local FINAL = { imported = true, error = true, cancelled = true, empty = true }
 
--- opts: { title, prompt_text, prompt_name, requests, notes, prompts, one_undo }. `prompts` (two or
--- more) makes a stem set. A stem set, or `one_undo`, makes one undo point for the whole run: its
--- jobs are imported once all have finished, one per tick, then one undo point holds them all.
+-- opts: { title, prompt_text, prompt_name, requests, notes, prompts }. `prompts` (two or more)
+-- makes a stem set. Every run makes one undo point, whatever the number of items: its jobs are
+-- imported once all have finished, one per tick, then one undo point holds them all.
 function runner.new(opts)
   local self = setmetatable({
     id = util.new_id("batch"),
@@ -96,7 +96,10 @@ function runner.new(opts)
     mute = settings.get("mute_original"),
     import_absent = settings.get("import_absent"),
     stem_set = opts.prompts ~= nil and #opts.prompts > 1,
-    one_undo = opts.one_undo or (opts.prompts ~= nil and #opts.prompts > 1),
+    place = settings.get("place"),
+    take_residual = settings.get("take_residual"),
+    active_take = settings.get("active_take"),
+    on_repeat = settings.get("on_repeat"),
     last_news = nil,
     last_file_poll = 0,
     errors = {},
@@ -313,7 +316,8 @@ function Run:import_job(job)
     return
   end
   local opts = { folder = self.folder, mute = self.mute, batch = self.id, import_absent = self.import_absent,
-    undo = not self.one_undo }
+    undo = false, place = self.place, take_residual = self.take_residual, active_take = self.active_take,
+    on_repeat = self.on_repeat }
   local result, err
   if self.stem_set then
     result, err = importer.import_set(job, manifest, opts)
@@ -334,6 +338,14 @@ function Run:import_job(job)
     return
   end
   job.result = result
+  if result.fallback and not self.fallback_said then
+    self.fallback_said = true
+    reaper.ShowConsoleMsg("ReaSAM: stems went on new tracks instead of takes: " .. result.fallback .. "\n")
+  end
+  if (result.left or 0) > 0 then
+    self.notes[#self.notes + 1] = string.format("%s: %d earlier stem take(s) kept (the new stems could not take "
+      .. "their place)", job.request.label, result.left)
+  end
   if result.nothing then
     job.stage = "nothing found"
     self:set_final(job, "empty", "nothing found")
@@ -347,8 +359,8 @@ function Run:import_job(job)
 end
 
 -- One finished job imported per tick keeps every tick short. A Lua error in an import (a
--- malformed manifest) fails that job only. With one_undo the jobs are imported once all have
--- finished, without undo blocks (a block cannot span defer ticks), and after the last one a
+-- malformed manifest) fails that job only. The jobs are imported once all have finished,
+-- without undo blocks (a block cannot span defer ticks), and after the last one a
 -- single undo point holds every change: REAPER's undo history is a list of project states, so
 -- Undo_OnStateChangeEx records everything changed since the previous point.
 function Run:import_one()
@@ -356,7 +368,7 @@ function Run:import_one()
   for _, job in ipairs(self.jobs) do
     if job.state == "done" then
       next_job = next_job or job
-    elseif self.one_undo and not FINAL[job.state] then
+    elseif not FINAL[job.state] then
       return
     end
   end
@@ -364,7 +376,7 @@ function Run:import_one()
     local ok, err = pcall(self.import_job, self, next_job)
     if not ok then self:set_final(next_job, "error", "import failed: " .. tostring(err)) end
   end
-  if not (self.one_undo and self.touched) or self.undo_made then return end
+  if not self.touched or self.undo_made then return end
   for _, job in ipairs(self.jobs) do
     if job.state == "done" then return end
   end
@@ -584,6 +596,20 @@ function Run:report()
   end
 end
 
+-- Take FX are not part of the source: the stems are separated from what the take plays before
+-- its FX (the stems' takes get no FX). Said once per action, in the console.
+function Run:warn_take_fx()
+  if not reaper.TakeFX_GetCount then return end
+  for _, job in ipairs(self.jobs) do
+    local take = job.request.take
+    if take and reaper.TakeFX_GetCount(take) > 0 then
+      reaper.ShowConsoleMsg("ReaSAM: " .. job.request.label .. " has take FX: the stems are separated from its "
+        .. "source before the take FX and get no FX (copy the FX to the stems if you want them)\n")
+      return
+    end
+  end
+end
+
 -- Starts the run: connects, then keeps itself going with reaper.defer until every job is done.
 function Run:start()
   local t, note = transport.open()
@@ -593,6 +619,7 @@ function Run:start()
     return self
   end
   self.t = t
+  self:warn_take_fx()
   self.conn = daemon.connector(t, { start = settings.get("start_daemon") })
   self.view = ui.open(self.title)
   util.mkdirs(self.out)

@@ -91,10 +91,25 @@ end
 
 -- Maps one item to a request. opts: { span_project = {start, stop} | nil,
 -- limit = {start, stop} | nil (project seconds) }. Returns request or nil, note, kind where kind
--- is "skipped" (not an error: MIDI, empty) or "refused".
+-- is "skipped" (not an error: MIDI, empty), "outside" (of the limit) or "refused".
+-- The take to separate: the active one, or, when that is a stem ReaSAM put in the item (settings:
+-- place = takes), the original take it came from.
+local function source_take(item)
+  local take = reaper.GetActiveTake(item)
+  if not take then return nil end
+  local _, orig = reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_take", "", false)
+  if not orig or orig == "" then return take end
+  for i = 0, reaper.CountTakes(item) - 1 do
+    local tk = reaper.GetTake(item, i)
+    local _, g = reaper.GetSetMediaItemTakeInfo_String(tk, "GUID", "", false)
+    if g == orig then return tk end
+  end
+  return take
+end
+
 function selection.map_item(item, opts)
   opts = opts or {}
-  local take = reaper.GetActiveTake(item)
+  local take = source_take(item)
   if not take then return nil, item_label(item) .. " is empty: skipped", "skipped" end
   local label = item_label(item, take)
   if is_midi(take) then return nil, label .. " is MIDI: skipped", "skipped" end
@@ -118,7 +133,7 @@ function selection.map_item(item, opts)
   if opts.limit then
     p0, p1 = math.max(p0, opts.limit[1]), math.min(p1, opts.limit[2])
     if p1 - p0 <= EPS then
-      return nil, label .. " is outside the time selection: skipped", "skipped"
+      return nil, label .. " is outside the time selection: skipped", "outside"
     end
   end
   -- In the take's source coordinates.
@@ -159,6 +174,8 @@ function selection.map_item(item, opts)
     startoffs = startoffs,
     playrate = rate,
     section_offset = info.offset,
+    -- the limit leaves out part of the item (its stems cannot be takes of it)
+    partial = p0 > pos + EPS or p1 < pos + len - EPS,
     spans = {},
   }
   if opts.span_project then
@@ -181,19 +198,26 @@ function selection.time_selection()
   return nil
 end
 
--- Every selected item. Returns requests, notes (list of strings), refused (count).
+-- Every selected item. Returns requests, notes (list of strings), refused (count). Items outside
+-- the limit make one note together.
 function selection.collect(opts)
-  local requests, notes, refused = {}, {}, 0
+  local requests, notes, refused, outside = {}, {}, 0, 0
   local n = reaper.CountSelectedMediaItems(0)
   for i = 0, n - 1 do
     local item = reaper.GetSelectedMediaItem(0, i)
     local req, note, kind = selection.map_item(item, opts)
     if req then
       requests[#requests + 1] = req
+    elseif kind == "outside" then
+      outside = outside + 1
     else
       notes[#notes + 1] = note
       if kind == "refused" then refused = refused + 1 end
     end
+  end
+  if outside > 0 then
+    notes[#notes + 1] = string.format("%d selected item%s outside the time selection: skipped", outside,
+      outside == 1 and " is" or "s are")
   end
   return requests, notes, refused
 end

@@ -13,6 +13,10 @@ local ENGINES = { auto = true, sam = true, spleeter = true, dsp = true }
 local QUALITIES = { fast = true, balanced = true, best = true }
 local TRANSPORTS = { auto = true, udp = true, cli = true }
 local UIS = { auto = true, imgui = true, gfx = true, console = true }
+local PLACES = { tracks = true, takes = true }
+local ACTIVE_TAKES = { target = true, original = true }
+local REPEATS = { replace = true, keep = true }
+local REGIONS = { item = true, time_selection = true }
 
 -- name -> { kind, default, validator/choices, label }
 settings.SPEC = {
@@ -23,7 +27,6 @@ settings.SPEC = {
   quality = { "choice", "balanced", QUALITIES, "Quality (fast/balanced/best)" },
   folder = { "bool", false, nil, "Put new tracks in a folder (y/n)" },
   mute_original = { "bool", true, nil, "Mute the original item (y/n)" },
-  limit_to_time_selection = { "bool", false, nil, "Only the time selection (y/n)" },
   target_name = { "string", "{prompt}", nil, "Target track name ({prompt})" },
   residual_name = { "string", "{prompt} residual", nil, "Residual track name ({prompt})" },
   transport = { "choice", "auto", TRANSPORTS, "Transport (auto/udp/cli)" },
@@ -35,12 +38,24 @@ settings.SPEC = {
   peaks = { "bool", true, nil, "Build peaks after import (y/n)" },
   import_absent = { "bool", false, nil, "Import stems where nothing was found (y/n)" },
   stem_colors = { "string", "", nil, "Stem colours (name=#RRGGBB; ...)" },
+  -- Where stems go. Takes: new takes in the original item, lined up like the tracks; the target
+  -- take becomes the active one (the action's point is to hear what was isolated; the original
+  -- is one take switch away, as the muted original is with tracks).
+  place = { "choice", "tracks", PLACES, "Stems go to (tracks/takes)" },
+  take_residual = { "bool", true, nil, "Takes: also the residual/rest (y/n)" },
+  active_take = { "choice", "target", ACTIVE_TAKES, "Takes: active take (target/original)" },
+  -- Separating an item again with the same prompts: replace the stems ReaSAM made for it (one
+  -- undo point), or keep both.
+  on_repeat = { "choice", "replace", REPEATS, "Separating again (replace/keep)" },
+  -- What part of each selected item is separated: all of it, or what lies in the time selection.
+  region = { "choice", "item", REGIONS, "Region (item/time_selection)" },
 }
 
 -- The order shown in the settings dialog.
 settings.EDITABLE = {
-  "port", "out_dir", "engine", "quality", "folder", "mute_original", "limit_to_time_selection",
+  "port", "out_dir", "engine", "quality", "folder", "mute_original", "region",
   "target_name", "residual_name", "transport", "reasam_command", "import_absent", "stem_colors",
+  "place", "take_residual", "active_take", "on_repeat",
 }
 
 local function parse(name, text)
@@ -217,6 +232,15 @@ function settings.remember_stems(list)
   local enc = {}
   for i, p in ipairs(list) do enc[i] = util.escape(p) end
   reaper.SetExtState(settings.SECTION, "last_stems", table.concat(enc, ";"), true)
+end
+
+-- The region setting; a setting stored before it existed may say limit_to_time_selection=y.
+function settings.region()
+  if not reaper.HasExtState(settings.SECTION, "region")
+    and reaper.GetExtState(settings.SECTION, "limit_to_time_selection") == "y" then
+    return "time_selection"
+  end
+  return settings.get("region")
 end
 
 function settings.track_name(which, prompt)
