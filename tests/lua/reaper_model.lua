@@ -442,6 +442,106 @@ function M.new(opts)
     return take
   end
 
+  -- Take envelopes and item state chunks. reascripthelp: GetTakeEnvelopeByName(take, envname)
+  -- ("Volume", "Pan", "Mute", ...; nil when the take has none), GetEnvelopeStateChunk(env, str,
+  -- isundo), GetItemStateChunk(item, str, isundo) / SetItemStateChunk(item, str, isundo). There is
+  -- no call that creates a take envelope: scripts write it into the item's chunk, where (as in a
+  -- saved .rpp) each take's envelopes follow its <SOURCE> block as <VOLENV>, <PANENV>, <MUTEENV>,
+  -- and every take after the first starts with a TAKE line (TAKE SEL: the active one). The
+  -- model's chunk holds the parts it keeps; SetItemStateChunk takes envelope changes only and
+  -- raises on any other difference, so a script that damages the rest of a chunk fails.
+  local ENV_BLOCKS = { Volume = "VOLENV", Pan = "PANENV", Mute = "MUTEENV" }
+  local ENV_ORDER = { "Volume", "Pan", "Mute" }
+  local ENV_NAME = { VOLENV = "Volume", PANENV = "Pan", MUTEENV = "Mute" }
+  -- A test's take envelope: points = { { time, value }, ... } (take time, seconds).
+  function model.add_take_envelope(take, name, points)
+    local lines = { "<" .. ENV_BLOCKS[name], "EGUID " .. model.guid_of({ kind = "envelope" }), "ACT 1 -1",
+      "VIS 1 1 1", "LANEHEIGHT 0 0", "ARM 0", "DEFSHAPE 0 -1 -1" }
+    if name == "Volume" then lines[#lines + 1] = "VOLTYPE 1" end
+    for _, p in ipairs(points) do lines[#lines + 1] = string.format("PT %.14g %.14g 0", p[1], p[2]) end
+    lines[#lines + 1] = ">"
+    take.envs = take.envs or {}
+    take.envs[name] = { kind = "envelope", take = take, name = name, chunk = table.concat(lines, "\n") }
+    return take.envs[name]
+  end
+  -- An envelope's points { { time, value }, ... } read back from its chunk.
+  function model.envelope_points(env)
+    local out = {}
+    for t, v in env.chunk:gmatch("\nPT ([^ \n]+) ([^ \n]+)") do out[#out + 1] = { tonumber(t), tonumber(v) } end
+    return out
+  end
+  R.GetTakeEnvelopeByName = function(take, name)
+    assert(take and take.kind == "take", "GetTakeEnvelopeByName: not a take")
+    return take.envs and take.envs[name] or nil
+  end
+  R.GetEnvelopeStateChunk = function(env)
+    assert(env and env.kind == "envelope", "GetEnvelopeStateChunk: not an envelope")
+    return true, env.chunk
+  end
+  local function root_path(src)
+    while src and src.parent do src = src.parent end
+    return src and src.file or ""
+  end
+  local function item_chunk(item, with_envs)
+    local lines = { "<ITEM", string.format("POSITION %.14g", item.info.D_POSITION),
+      string.format("LENGTH %.14g", item.info.D_LENGTH), "IGUID " .. model.guid_of(item) }
+    for k, take in ipairs(item.takes) do
+      if k > 1 then lines[#lines + 1] = item.active == take and "TAKE SEL" or "TAKE" end
+      lines[#lines + 1] = string.format("NAME %q", take.name or "")
+      lines[#lines + 1] = "GUID " .. model.guid_of(take)
+      lines[#lines + 1] = "<SOURCE " .. tostring(take.source and take.source.type or "EMPTY")
+      lines[#lines + 1] = string.format("FILE %q", root_path(take.source))
+      lines[#lines + 1] = ">"
+      for _, name in ipairs(ENV_ORDER) do
+        local env = with_envs and take.envs and take.envs[name]
+        if env then lines[#lines + 1] = env.chunk end
+      end
+    end
+    lines[#lines + 1] = ">"
+    return table.concat(lines, "\n")
+  end
+  R.GetItemStateChunk = function(item)
+    assert(item and item.kind == "item", "GetItemStateChunk: not an item")
+    return true, item_chunk(item, true)
+  end
+  R.SetItemStateChunk = function(item, chunk)
+    assert(item and item.kind == "item", "SetItemStateChunk: not an item")
+    local rest, envs, take, depth, block = {}, { {} }, 1, 0, nil
+    for line in (chunk .. "\n"):gmatch("(.-)\r?\n") do
+      local l = line:match("^%s*(.-)%s*$")
+      if block then
+        block[#block + 1] = l
+        if l:sub(1, 1) == "<" then depth = depth + 1 elseif l == ">" then depth = depth - 1 end
+        if depth == 1 then
+          envs[take][block.name] = table.concat(block, "\n")
+          block = nil
+        end
+      elseif depth == 1 and ENV_NAME[l:match("^<(%u+)") or ""] then
+        block = { l, name = ENV_NAME[l:match("^<(%u+)")] }
+        depth = 2
+      else
+        if depth == 1 and l:match("^TAKE") then
+          take = take + 1
+          envs[take] = {}
+        end
+        if l:sub(1, 1) == "<" then depth = depth + 1 elseif l == ">" then depth = depth - 1 end
+        if l ~= "" then rest[#rest + 1] = l end
+      end
+    end
+    if table.concat(rest, "\n") ~= item_chunk(item, false) then
+      error("SetItemStateChunk: the model takes changes to take envelopes only; the rest of the chunk differs:\n"
+        .. table.concat(rest, "\n"), 2)
+    end
+    for k, tk in ipairs(item.takes) do
+      tk.envs = {}
+      for name, text in pairs(envs[k] or {}) do
+        tk.envs[name] = { kind = "envelope", take = tk, name = name, chunk = text }
+      end
+    end
+    edit()
+    return true
+  end
+
   -- Blocks nest as in REAPER: only the outermost one makes an undo point (with its description).
   R.Undo_BeginBlock = function()
     if model.undo_depth == 0 then model.block_start_edits = model.edits end

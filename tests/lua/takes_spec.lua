@@ -207,8 +207,9 @@ describe("stems as takes, repeats and regions", function()
   end)
 
   describe("the original's settings", function()
-    it("carries pan law, snap offset and auto-crossfades to the stems, and warns once about take FX", function()
-      new_model()
+    -- Two items on two tracks, each take with a pan law, a pan, take FX; each item with a snap
+    -- offset and auto-crossfades.
+    local function two_items()
       local items = {}
       for i, name in ipairs({ "A", "B" }) do
         local item, take = model.add_item(model.add_track(name), { file = song, position = i })
@@ -220,6 +221,12 @@ describe("stems as takes, repeats and regions", function()
         take.fx = 1
         items[i] = item
       end
+      return items
+    end
+
+    it("carries the take's pan law and the item's snap offset and auto-crossfades to the stems", function()
+      new_model()
+      local items = two_items()
       run("Separate selection - drums")
       assert.are.same({ "A", "drums", "drums residual", "B", "drums", "drums residual" }, C.track_names(model))
       for _, i in ipairs({ 2, 3, 5, 6 }) do
@@ -232,9 +239,66 @@ describe("stems as takes, repeats and regions", function()
       end
       C.stems_sum(items[1], model.tracks[2].items[1], model.tracks[3].items[1])
       C.stems_sum(items[2], model.tracks[5].items[1], model.tracks[6].items[1])
+    end)
+
+    it("makes one undo point for one action over two items", function()
+      new_model()
+      two_items()
+      run("Separate selection - drums")
+      assert.are.equal(6, #model.tracks)
+      assert.are.equal(1, #model.undo)
+      assert.are.equal("ReaSAM: separate drums", model.undo[1].desc)
+      assert.are.equal(0, model.loose_edits)
+    end)
+
+    it("warns once per action that the stems are separated before the take FX", function()
+      new_model()
+      two_items()
+      run("Separate selection - drums")
       local _, warned = model.console_text():gsub("has take FX: the stems are separated from its source before", "")
       assert.are.equal(1, warned)
-      assert.are.equal(1, #model.undo) -- two items, one action, one undo point
+    end)
+
+    local VOL = { { 0, 1 }, { 0.5, 0.25 }, { 1.5, 1 } }
+    local PAN = { { 0.25, -1 }, { 1, 1 } }
+
+    it("copies the take's volume and pan envelopes to the stems, moved with a later start", function()
+      new_model()
+      local item, take = model.add_item(model.add_track("A"), { file = song, position = 1, playrate = 1 })
+      model.add_take_envelope(take, "Volume", VOL)
+      model.add_take_envelope(take, "Pan", PAN)
+      run("Separate selection - drums")
+      for _, i in ipairs({ 2, 3 }) do
+        local t = model.tracks[i].items[1].active
+        assert.are.same(VOL, model.envelope_points(t.envs.Volume))
+        assert.are.same(PAN, model.envelope_points(t.envs.Pan))
+        assert.is_nil(t.envs.Volume.chunk:match("EGUID")) -- a GUID of its own, given by REAPER
+        assert.is_nil(t.envs.Mute)
+      end
+      C.stems_sum(item, model.tracks[2].items[1], model.tracks[3].items[1])
+      -- only the time selection: the stem items start 0.5 s later, so do their envelopes' points
+      model.set_setting("region", "time_selection")
+      model.set_setting("on_repeat", "keep")
+      model.time_sel = { 1.5, 2.5 }
+      run("Separate selection - drums")
+      local t = model.tracks[2].items[1].active
+      assert.are.equal(1.5, model.tracks[2].items[1].info.D_POSITION)
+      assert.are.same({ { -0.5, 1 }, { 0, 0.25 }, { 1, 1 } }, model.envelope_points(t.envs.Volume))
+    end)
+
+    it("gives stem takes the original take's envelopes, once, also on a repeat", function()
+      new_model({ place = "takes" })
+      local item, take = model.add_item(model.add_track("A"), { file = song, position = 0 })
+      model.add_take_envelope(take, "Volume", VOL)
+      run("Separate selection - drums")
+      run("Separate selection - drums")
+      assert.are.equal(3, #item.takes)
+      for _, t in ipairs({ item.takes[2], item.takes[3] }) do
+        assert.are.same(VOL, model.envelope_points(t.envs.Volume))
+        local _, ok = model.reaper.GetItemStateChunk(item, "", false)
+        assert.are.equal(3, select(2, ok:gsub("<VOLENV", ""))) -- the original's and one per stem take
+      end
+      C.takes_sum(item, take, { item.takes[2], item.takes[3] })
     end)
   end)
 end)

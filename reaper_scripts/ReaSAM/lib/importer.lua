@@ -445,6 +445,94 @@ local function delete_items(entries)
   end
 end
 
+-- The take's volume, pan and mute envelopes go with the stems, so that each stem is shaped as
+-- the original was. REAPER has no call that creates a take envelope: it is written into the
+-- item's state chunk after the take's <SOURCE> block (as in a saved project). A take envelope's
+-- time runs from the item's start in take time (at the playrate), so a stem item that starts
+-- `shift` seconds of take time later gets its points moved back by as much.
+local TAKE_ENVELOPES = { { "Volume", "VOLENV" }, { "Pan", "PANENV" }, { "Mute", "MUTEENV" } }
+local ENV_BLOCK = { VOLENV = true, PANENV = true, MUTEENV = true }
+
+local function envelope_chunks(orig_take, shift)
+  local out = {}
+  if not (reaper.GetTakeEnvelopeByName and valid(orig_take, "MediaItem_Take*")) then return out end
+  for _, e in ipairs(TAKE_ENVELOPES) do
+    local env = reaper.GetTakeEnvelopeByName(orig_take, e[1])
+    local ok, chunk = false, nil
+    if env then ok, chunk = reaper.GetEnvelopeStateChunk(env, "", false) end
+    if ok and type(chunk) == "string" and chunk:match("^%s*<" .. e[2]) then
+      chunk = chunk:gsub("\r?\n%s*EGUID [^\r\n]*", "") -- the copy gets a GUID of its own
+      if shift ~= 0 then
+        chunk = chunk:gsub("(\n%s*PT )([^ \r\n]+)", function(head, t)
+          return head .. string.format("%.14g", tonumber(t) - shift)
+        end)
+      end
+      out[#out + 1] = chunk
+    end
+  end
+  return out
+end
+
+-- Gives take number `index` (0-based) of `item` the envelope chunks, in place of the volume, pan
+-- and mute envelopes it had (an earlier stem's, on a repeat).
+local function set_take_envelopes(item, index, chunks)
+  local ok, chunk = reaper.GetItemStateChunk(item, "", false)
+  if not ok or type(chunk) ~= "string" then error("REAPER did not give the item's state", 0) end
+  local out, depth, take, skipping, inserted = {}, 0, 0, 0, false
+  local function insert()
+    if not inserted then
+      for _, c in ipairs(chunks) do out[#out + 1] = c end
+      inserted = true
+    end
+  end
+  for line in (chunk .. "\n"):gmatch("(.-)\r?\n") do
+    local l = line:match("^%s*(.-)%s*$")
+    if skipping > 0 then
+      if l:sub(1, 1) == "<" then skipping = skipping + 1 elseif l == ">" then skipping = skipping - 1 end
+    elseif depth == 1 and take == index and ENV_BLOCK[l:match("^<(%u+)") or ""] then
+      skipping = 1
+    else
+      if depth == 1 and l:match("^TAKE") then
+        if take == index then insert() end
+        take = take + 1
+      end
+      if depth == 1 and l == ">" and take == index then insert() end
+      if l:sub(1, 1) == "<" then depth = depth + 1 elseif l == ">" then depth = depth - 1 end
+      out[#out + 1] = line
+    end
+  end
+  if not inserted then error("the item's state has no take " .. index, 0) end
+  while out[#out] == "" do out[#out] = nil end
+  reaper.SetItemStateChunk(item, table.concat(out, "\n"), false)
+end
+
+local function take_index(item, take)
+  for i = 0, reaper.CountTakes(item) - 1 do
+    if reaper.GetTake(item, i) == take then return i end
+  end
+  return nil
+end
+
+-- Copies the original take's envelopes to a stem take (nothing to do when it has none and the
+-- stem take had none).
+local function copy_envelopes(job, take, shift)
+  local chunks = envelope_chunks(job.request.take, shift)
+  local item = reaper.GetMediaItemTake_Item(take)
+  if #chunks == 0 then
+    local had = false
+    for _, e in ipairs(TAKE_ENVELOPES) do had = had or reaper.GetTakeEnvelopeByName(take, e[1]) ~= nil end
+    if not had then return end
+  end
+  set_take_envelopes(item, take_index(item, take), chunks)
+end
+
+-- A new stem item with the original's take envelopes (see copy_envelopes).
+local function add_stem_item(track, p, job, changes)
+  local item, take = add_item(track, p.src, p.place, job, p.name, changes)
+  copy_envelopes(job, take, (p.place.position - job.request.item_position) * p.place.playrate)
+  return item, take
+end
+
 -- Puts a stem into a take (new or earlier) of the original item.
 local function fill_take(take, p, job)
   local req = job.request
@@ -454,6 +542,7 @@ local function fill_take(take, p, job)
   reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", tp.playrate)
   reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", tp.startoffs)
   reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", p.name, true)
+  copy_envelopes(job, take, 0)
 end
 
 -- The import itself, for a pair or a set: `plan` lists { stem, name, role, key, prompt }.
@@ -500,7 +589,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
           stamp(e.take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(e.take, "P_EXT:reasam_prompt", p.prompt, true) end
         else
-          local item, take = add_item(e.track, p.src, p.place, job, p.name, changes)
+          local item, take = add_stem_item(e.track, p, job, changes)
           stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           result.items[#result.items + 1] = item
@@ -525,7 +614,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
       else
         local tracks = make_tracks(changes, use)
         for i, p in ipairs(use) do
-          local item, take = add_item(tracks[i], p.src, p.place, job, p.name, changes)
+          local item, take = add_stem_item(tracks[i], p, job, changes)
           stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           result.tracks[#result.tracks + 1] = tracks[i]
