@@ -169,7 +169,7 @@ describe("actions", function()
           local want = math.floor(orig.info.D_LENGTH * orig.active.info.D_PLAYRATE * 44100 + 0.5)
           assert.is_true(math.abs(n - want) <= 1, ("checked %d frames, expected %d"):format(n, want))
         end
-        assert.are.equal(2, #model.undo) -- one undo point per job, each imported as it finished
+        assert.are.equal(1, #model.undo) -- one undo point for the action, both items in it
         assert.are_not.equal(model.tracks[2].items[1].active.ext.reasam_job,
           model.tracks[5].items[1].active.ext.reasam_job)
       end)
