@@ -57,6 +57,27 @@ describe("settings", function()
     assert.are.equal("p12", list[3])
   end)
 
+  it("says where stems go, what a repeat does and the region, with defaults", function()
+    assert.are.equal("tracks", settings.get("place"))
+    assert.are.equal("target", settings.get("active_take"))
+    assert.are.equal("replace", settings.get("on_repeat"))
+    assert.are.equal("item", settings.region())
+    assert.is_nil(settings.set("place", "lanes"))
+    assert.is_true(settings.set("place", "Target_Takes"))
+    assert.are.equal("target_takes", settings.get("place"))
+    -- a flag stored before the region setting existed still counts, until the region is set
+    model.reaper.SetExtState("ReaSAM", "limit_to_time_selection", "y", true)
+    assert.are.equal("time_selection", settings.region())
+    settings.set("region", "item")
+    assert.are.equal("item", settings.region())
+    -- the settings dialog shows them, and stays within 16 fields (the most GetUserInputs took in
+    -- older REAPER versions)
+    local shown = {}
+    for _, name in ipairs(settings.EDITABLE) do shown[name] = true end
+    assert.is_true(shown.place and shown.active_take and shown.on_repeat and shown.region)
+    assert.is_true(#settings.EDITABLE <= 16)
+  end)
+
   it("names tracks from the patterns", function()
     assert.are.equal("a dog", settings.track_name("target", "a dog"))
     assert.are.equal("a dog residual", settings.track_name("residual", "a dog"))

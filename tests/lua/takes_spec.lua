@@ -84,7 +84,7 @@ describe("stems as takes, repeats and regions", function()
     end)
 
     it("keeps the original take active and leaves out the residual when the settings say so", function()
-      new_model({ place = "takes", active_take = "original", take_residual = "n" })
+      new_model({ place = "target_takes", active_take = "original" })
       local item, orig = model.add_item(model.add_track("Mix"), { file = song, position = 0 })
       run("Separate selection - drums")
       assert.are.equal(2, #item.takes)

@@ -270,6 +270,8 @@ local function status_text(pong, status_json, t)
   lines[#lines + 1] = string.format("Engine: %s   quality: %s   folder: %s   mute original: %s",
     settings.get("engine"), settings.get("quality"), settings.get("folder") and "yes" or "no",
     settings.get("mute_original") and "yes" or "no")
+  lines[#lines + 1] = string.format("Stems go to: %s   separating again: %s   region: %s",
+    settings.get("place"), settings.get("on_repeat"), settings.region())
   lines[#lines + 1] = "Token file: " .. settings.token_path()
   lines[#lines + 1] = "Daemon log (when started by ReaSAM): " .. daemon.log_path()
   return table.concat(lines, "\n")

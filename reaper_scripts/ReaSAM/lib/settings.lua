@@ -13,7 +13,7 @@ local ENGINES = { auto = true, sam = true, spleeter = true, dsp = true }
 local QUALITIES = { fast = true, balanced = true, best = true }
 local TRANSPORTS = { auto = true, udp = true, cli = true }
 local UIS = { auto = true, imgui = true, gfx = true, console = true }
-local PLACES = { tracks = true, takes = true }
+local PLACES = { tracks = true, takes = true, target_takes = true }
 local ACTIVE_TAKES = { target = true, original = true }
 local REPEATS = { replace = true, keep = true }
 local REGIONS = { item = true, time_selection = true }
@@ -38,11 +38,11 @@ settings.SPEC = {
   peaks = { "bool", true, nil, "Build peaks after import (y/n)" },
   import_absent = { "bool", false, nil, "Import stems where nothing was found (y/n)" },
   stem_colors = { "string", "", nil, "Stem colours (name=#RRGGBB; ...)" },
-  -- Where stems go. Takes: new takes in the original item, lined up like the tracks; the target
-  -- take becomes the active one (the action's point is to hear what was isolated; the original
-  -- is one take switch away, as the muted original is with tracks).
-  place = { "choice", "tracks", PLACES, "Stems go to (tracks/takes)" },
-  take_residual = { "bool", true, nil, "Takes: also the residual/rest (y/n)" },
+  -- Where stems go. Takes: new takes in the original item, lined up like the tracks, the target
+  -- then the residual or rest (target_takes: the targets only); the target take becomes the
+  -- active one (the action's point is to hear what was isolated; the original is one take
+  -- switch away, as the muted original is with tracks).
+  place = { "choice", "tracks", PLACES, "Stems go to (tracks/takes/target_takes)" },
   active_take = { "choice", "target", ACTIVE_TAKES, "Takes: active take (target/original)" },
   -- Separating an item again with the same prompts: replace the stems ReaSAM made for it (one
   -- undo point), or keep both.
@@ -55,7 +55,7 @@ settings.SPEC = {
 settings.EDITABLE = {
   "port", "out_dir", "engine", "quality", "folder", "mute_original", "region",
   "target_name", "residual_name", "transport", "reasam_command", "import_absent", "stem_colors",
-  "place", "take_residual", "active_take", "on_repeat",
+  "place", "active_take", "on_repeat",
 }
 
 local function parse(name, text)
