@@ -179,6 +179,90 @@ describe("importer", function()
     assert.is_false(pcall(C.set_sum, item, { items[1], items[2] })) -- without it the sum is off
   end)
 
+  it("puts a stem set's stems as takes of the item, the not-found one too, summing to the original", function()
+    local tr = model.add_track("Keys")
+    local item, orig = model.add_item(tr, { file = source, position = 1, startoffs = 0.5, length = 2 })
+    local res = assert(importer.import_set(set_job(item), set_manifest(), { place = "takes", batch = "b" }))
+    balanced()
+    assert.are.equal(1, #model.tracks)
+    local names = {}
+    for i, tk in ipairs(item.takes) do names[i] = tk.name end
+    assert.are.same({ "", "harmonic", "rest", "drums (not found)" }, names)
+    assert.are.equal(item.takes[2], item.active)
+    assert.are.equal(3, #res.takes)
+    assert.is_true(C.takes_sum(item, orig, { item.takes[2], item.takes[3], item.takes[4] }) > 0)
+    assert.are.equal(0, item.info.B_MUTE)
+  end)
+
+  it("adds no take when a stem cannot be opened (a take cannot be taken back)", function()
+    local item = model.add_item(model.add_track("Mix"), { file = source, position = 0 })
+    fail_on_residual()
+    local res, err = importer.import(job_for(item), manifest(), { place = "takes", mute = true })
+    assert.is_nil(res)
+    assert.matches("REAPER could not open", err)
+    balanced()
+    assert.are.equal(1, #item.takes)
+    assert.are.equal(0, item.info.B_MUTE)
+  end)
+
+  it("replaces a set's earlier stems on their own tracks; never the user's items, other prompts or parts",
+    function()
+      local tr = model.add_track("Keys")
+      local item = model.add_item(tr, { file = source, position = 1 })
+      assert(importer.import(job_for(item, "job-p"), manifest(), { batch = "b0" })) -- another prompt
+      assert(importer.import_set(set_job(item, "job-1"), set_manifest(), { batch = "b1" }))
+      assert.are.same({ "Keys", "drums, harmonic, rest (ReaSAM)", "harmonic", "rest", "drums (not found)", "drums",
+        "drums residual" }, C.track_names(model))
+      local harmonic, rest, absent = model.tracks[3], model.tracks[4], model.tracks[5]
+      -- the user renames a stem track (still ours) and gives the rest's item a take of their own
+      -- (theirs now)
+      harmonic.name = "keys harmonic"
+      local rest_item = rest.items[1]
+      model.add_take(rest_item, { file = source, name = "my take" })
+      local res = assert(importer.import_set(set_job(item, "job-2"), set_manifest(), { batch = "b2" }))
+      balanced()
+      -- not every stem has an earlier one to replace (the rest is the user's now): a new folder;
+      -- the earlier stems that were all ReaSAM's are gone, the user's item stays
+      assert.are.equal(2, res.replaced)
+      assert.are.same({ "Keys", "drums, harmonic, rest (ReaSAM)", "harmonic", "rest", "drums (not found)",
+        "drums, harmonic, rest (ReaSAM)", "keys harmonic", "rest", "drums (not found)", "drums", "drums residual" },
+        C.track_names(model))
+      assert.are.same({}, harmonic.items)
+      assert.are.same({}, absent.items)
+      assert.are.same({ rest_item }, rest.items)
+      assert.are.equal(2, #rest_item.takes)
+      assert.are.equal(1, #model.tracks[10].items) -- the other prompt's stems stay
+      assert.are.equal(1, #model.tracks[11].items)
+      -- once every stem has an earlier one, the new stems take their places
+      local new_rest = model.tracks[4].items[1]
+      res = assert(importer.import_set(set_job(item, "job-3"), set_manifest(), { batch = "b3" }))
+      assert.are.equal(3, res.replaced)
+      assert.are.equal(11, #model.tracks)
+      for _, i in ipairs({ 3, 4, 5 }) do
+        assert.are.equal(1, #model.tracks[i].items)
+        assert.are.equal("job-3", model.tracks[i].items[1].active.ext.reasam_job)
+      end
+      assert.are_not.equal(new_rest, model.tracks[4].items[1])
+      assert.is_true(C.set_sum(item, { model.tracks[3].items[1], model.tracks[4].items[1],
+        model.tracks[5].items[1] }) > 0)
+      -- a part of the item (a time selection) is not a repeat of the whole; the same part again is
+      local function part(id)
+        local job = set_job(item, id)
+        job.request = assert(selection.map_item(item, { limit = { 3.5, 4.5 } }))
+        local m = set_manifest()
+        for _, st in ipairs(m.stems) do st.region_start, st.region_end = 2.5, 3.5 end
+        return assert(importer.import_set(job, m, { batch = id }))
+      end
+      assert.are.equal(0, part("job-4").replaced)
+      assert.are.equal(15, #model.tracks) -- a new folder right under the source track
+      assert.are.equal("job-4", model.tracks[3].items[1].active.ext.reasam_job)
+      assert.are.equal("job-3", model.tracks[7].items[1].active.ext.reasam_job)
+      assert.are.equal(3, part("job-5").replaced)
+      assert.are.equal(15, #model.tracks)
+      assert.are.equal("job-5", model.tracks[3].items[1].active.ext.reasam_job)
+      assert.are.equal("job-3", model.tracks[7].items[1].active.ext.reasam_job)
+    end)
+
   -- A run's import phase without a daemon: jobs marked done with manifests written here.
   local function write_manifest(path, m)
     local f = assert(io.open(path, "w"))

@@ -385,7 +385,8 @@ local function ext(take, key)
   return v or ""
 end
 
--- The stems ReaSAM made earlier for the same item, prompts and an overlapping region: a list of
+-- The stems ReaSAM made earlier for the same item, prompts and region (another part of the
+-- item, or the item after a trim, is not a repeat: its stems stay): a list of
 -- { kind = "take", take } (a take of the original item) or { kind = "item", item, track } (an
 -- item holding only ReaSAM's takes, wherever the user moved it or however the track is named),
 -- each with its stem key. A take the user put in an item of their own is theirs: not listed.
@@ -406,7 +407,7 @@ function importer.earlier(job)
         local a, b = ext(tk, "reasam_region"):match("^([^:]+):([^:]+)$")
         a, b = tonumber(a), tonumber(b)
         if ext(tk, "reasam_item") == item_guid and ext(tk, "reasam_key") == key and a and b
-          and a < req.region_end and b > req.region_start then
+          and math.abs(a - req.region_start) < 1e-3 and math.abs(b - req.region_end) < 1e-3 then
           hits[#hits + 1] = tk
         end
       end
