@@ -205,6 +205,17 @@ describe("importer", function()
     assert.are.equal(0, item.info.B_MUTE)
   end)
 
+  it("keeps the earlier stems when the import that would replace them fails", function()
+    local item = model.add_item(model.add_track("Mix"), { file = source, position = 0 })
+    assert(importer.import(job_for(item, "job-1"), manifest(), { batch = "b1" }))
+    local before = snapshot()
+    fail_on_residual()
+    assert.is_nil(importer.import(job_for(item, "job-2"), manifest(), { batch = "b2" }))
+    balanced()
+    assert.are.same(before, snapshot())
+    assert.are.equal("job-1", model.tracks[2].items[1].active.ext.reasam_job)
+  end)
+
   it("replaces a set's earlier stems on their own tracks; never the user's items, other prompts or parts",
     function()
       local tr = model.add_track("Keys")

@@ -581,7 +581,6 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
     local out_takes = {}
     if reuse then
       -- The new stems take the earlier ones' places: their takes, or their tracks.
-      delete_items(earlier) -- the earlier items of this item's stems, all of them ours
       for _, p in ipairs(use) do
         local e = reuse[p.key]
         if e.kind == "take" then
@@ -599,7 +598,6 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
       end
       result.replaced = #earlier
     else
-      delete_items(earlier)
       for _, e in ipairs(earlier) do
         if e.kind == "take" then result.left = (result.left or 0) + 1 end
       end
@@ -623,6 +621,9 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
         end
       end
     end
+    -- The earlier stem items (all of them ReaSAM's) go last: nothing can fail after this, so a
+    -- failure before it leaves them as they were.
+    delete_items(earlier)
     result.takes = out_takes
     if #out_takes > 0 then
       -- The target plays (what the action isolated), unless the setting keeps the original.
