@@ -23,8 +23,9 @@ end
 -- For every stem frame the new items play, the original take plays the same file frame at the
 -- same project time, and the stems (target + residual, or every stem of a set) add up to it.
 -- Returns the number of frames checked.
-function C.set_sum(orig_item, items, tol)
+function C.set_sum(orig_item, items, tol, opts)
   tol = tol or 2e-5
+  opts = opts or {}
   local ot = orig_item.active
   local ofile, off = root(ot.source)
   local orig = read(ofile)
@@ -46,10 +47,14 @@ function C.set_sum(orig_item, items, tol)
   local frames = stems[1].frames
   local pos2, len2, so2 = first.info.D_POSITION, first.info.D_LENGTH, first.active.info.D_STARTOFFS
   assert(pos2 >= pos - 1e-9 and pos2 + len2 <= pos + orig_item.info.D_LENGTH + 1e-9, "new item outside the original")
-  assert(so2 >= -1e-9, "negative start offset into the stem")
-  -- (less than one frame past the end: a region is rarely a whole number of frames)
-  assert(so2 + len2 * rate <= (frames + 1) / sr, "the new item plays past the end of the stem")
-  local m0 = math.ceil(so2 * sr - 1e-6)
+  -- (a take spans its whole item: before the stem's start and after its end it plays silence, as
+  -- the original does there)
+  if not opts.takes then
+    assert(so2 >= -1e-9, "negative start offset into the stem")
+    -- (less than one frame past the end: a region is rarely a whole number of frames)
+    assert(so2 + len2 * rate <= (frames + 1) / sr, "the new item plays past the end of the stem")
+  end
+  local m0 = math.max(0, math.ceil(so2 * sr - 1e-6))
   local m1 = math.min(math.floor((so2 + len2 * rate) * sr + 1e-6) - 1, frames - 1)
   local O = orig.samples
   local checked, worst = 0, 0
@@ -82,7 +87,7 @@ function C.takes_sum(item, orig_take, takes, tol)
   local function as_item(take) return { info = item.info, active = take } end
   local list = {}
   for i, t in ipairs(takes) do list[i] = as_item(t) end
-  return C.set_sum(as_item(orig_take), list, tol)
+  return C.set_sum(as_item(orig_take), list, tol, { takes = true })
 end
 
 function C.stems_sum(orig_item, target_item, residual_item, tol)

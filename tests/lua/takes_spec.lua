@@ -1,10 +1,14 @@
 -- Where stems go and what a second separation of the same item does, the time selection as the
 -- region, and the original's take and item settings carried over; the real action files against
--- one real `reasam serve` (dsp engine, 2 s of audio) over UDP.
+-- one real `reasam serve` (dsp engine, 2 s of audio) over UDP (and the first case over the
+-- reasam command line too).
 local H = require("helpers")
 local D = require("daemon_fixture")
 local C = require("check")
 local wav = require("wav")
+
+-- A low rate keeps the spec quick (every frame of every stem is checked); the mappings do not care.
+local RATE = 22050
 
 describe("stems as takes, repeats and regions", function()
   local d, dir, song
@@ -14,7 +18,7 @@ describe("stems as takes, repeats and regions", function()
     d = D.start()
     dir = H.tmpdir("takes")
     song = dir .. "/song.wav"
-    wav.write(song, 44100, 2, (wav.test_signal(2, 44100, 3)))
+    wav.write(song, RATE, 2, (wav.test_signal(2, RATE, 3)))
   end)
 
   teardown(function()
@@ -23,9 +27,9 @@ describe("stems as takes, repeats and regions", function()
     H.cleanup()
   end)
 
-  local function new_model(settings)
+  local function new_model(settings, sockets)
     C.forget()
-    model = H.model({ media = H.tmpdir("media"), sockets = true })
+    model = H.model({ media = H.tmpdir("media"), sockets = sockets ~= false })
     settings = settings or {}
     settings.engine = "dsp"
     D.configure(model, d, settings)
@@ -55,32 +59,46 @@ describe("stems as takes, repeats and regions", function()
   local function ext(take, key) return take.ext[key] or "" end
 
   describe("place = takes", function()
-    it("adds target and residual takes to the original item, aligned through offset and playrate", function()
+    for _, tp in ipairs({ { "UDP", true }, { "the reasam command line", false } }) do
+      it("adds target and residual takes to the original item, aligned through offset and playrate, over "
+        .. tp[1], function()
+        new_model({ place = "takes" }, tp[2])
+        local tr = model.add_track("Mix")
+        -- trimmed, played at 1.25, and a section of the file: every mapping at once
+        local item, orig = model.add_item(tr, { file = song, position = 3, section = { 0.2, 1.6 }, startoffs = 0.3,
+          length = 0.8, playrate = 1.25 })
+        orig.info.D_PANLAW = 0.5
+        orig.info.D_PAN = -0.4
+        run("Separate selection - drums")
+        assert.are.same({ "Mix" }, C.track_names(model)) -- no new track
+        assert.are.equal(3, #item.takes)
+        local target, residual = item.takes[2], item.takes[3]
+        assert.are.equal("drums", target.name)
+        assert.are.equal("drums residual", residual.name)
+        assert.are.equal(target, item.active) -- the target plays
+        assert.are.equal(0, item.info.B_MUTE) -- the item itself is not muted
+        for _, tk in ipairs({ target, residual }) do
+          assert.are.equal(1.25, tk.info.D_PLAYRATE)
+          assert.are.equal(0.5, tk.info.D_PANLAW)
+          assert.are.equal(-0.4, tk.info.D_PAN)
+          assert.are.equal(model.guid_of(item), ext(tk, "reasam_item"))
+          assert.are.equal(model.guid_of(orig), ext(tk, "reasam_take"))
+        end
+        local n = C.takes_sum(item, orig, { target, residual })
+        assert.is_true(math.abs(n - 0.8 * 1.25 * RATE) <= 1, n)
+        assert.are.equal(1, #model.undo)
+      end)
+    end
+
+    it("lines up takes of an item that starts before its source (a negative start offset)", function()
       new_model({ place = "takes" })
-      local tr = model.add_track("Mix")
-      -- trimmed, played at 1.25, and a section of the file: every mapping at once
-      local item, orig = model.add_item(tr, { file = song, position = 3, section = { 0.2, 1.6 }, startoffs = 0.3,
-        length = 0.8, playrate = 1.25 })
-      orig.info.D_PANLAW = 0.5
-      orig.info.D_PAN = -0.4
+      local item, orig = model.add_item(model.add_track("Mix"), { file = song, position = 2, startoffs = -0.25,
+        length = 1.5 })
       run("Separate selection - drums")
-      assert.are.same({ "Mix" }, C.track_names(model)) -- no new track
       assert.are.equal(3, #item.takes)
-      local target, residual = item.takes[2], item.takes[3]
-      assert.are.equal("drums", target.name)
-      assert.are.equal("drums residual", residual.name)
-      assert.are.equal(target, item.active) -- the target plays
-      assert.are.equal(0, item.info.B_MUTE) -- the item itself is not muted
-      for _, tk in ipairs({ target, residual }) do
-        assert.are.equal(1.25, tk.info.D_PLAYRATE)
-        assert.are.equal(0.5, tk.info.D_PANLAW)
-        assert.are.equal(-0.4, tk.info.D_PAN)
-        assert.are.equal(model.guid_of(item), ext(tk, "reasam_item"))
-        assert.are.equal(model.guid_of(orig), ext(tk, "reasam_take"))
-      end
-      local n = C.takes_sum(item, orig, { target, residual })
-      assert.is_true(math.abs(n - 0.8 * 1.25 * 44100) <= 1, n)
-      assert.are.equal(1, #model.undo)
+      assert.is_true(math.abs(item.takes[2].info.D_STARTOFFS + 0.25) < 1e-9)
+      local n = C.takes_sum(item, orig, { item.takes[2], item.takes[3] })
+      assert.is_true(math.abs(n - 1.25 * RATE) <= 1, n)
     end)
 
     it("keeps the original take active and leaves out the residual when the settings say so", function()
@@ -187,7 +205,7 @@ describe("stems as takes, repeats and regions", function()
       assert.are.equal(10.5, ti.info.D_POSITION)
       assert.is_true(math.abs(ti.info.D_LENGTH - 0.75) < 1e-9)
       local n = C.stems_sum(a, ti, model.tracks[3].items[1])
-      assert.is_true(math.abs(n - 0.75 * 0.8 * 44100) <= 1, n)
+      assert.is_true(math.abs(n - 0.75 * 0.8 * RATE) <= 1, n)
       assert.matches("2 selected items are outside the time selection: skipped", model.console_text())
     end)
 
@@ -208,8 +226,14 @@ describe("stems as takes, repeats and regions", function()
 
   describe("the original's settings", function()
     -- Two items on two tracks, each take with a pan law, a pan, take FX; each item with a snap
-    -- offset and auto-crossfades.
-    local function two_items()
+    -- offset and auto-crossfades; separated once, looked at by the three specs below.
+    local separated
+    local function two_items_separated()
+      if separated then
+        model = separated.model
+        return separated.items
+      end
+      new_model()
       local items = {}
       for i, name in ipairs({ "A", "B" }) do
         local item, take = model.add_item(model.add_track(name), { file = song, position = i })
@@ -221,13 +245,13 @@ describe("stems as takes, repeats and regions", function()
         take.fx = 1
         items[i] = item
       end
+      run("Separate selection - drums")
+      separated = { model = model, items = items }
       return items
     end
 
     it("carries the take's pan law and the item's snap offset and auto-crossfades to the stems", function()
-      new_model()
-      local items = two_items()
-      run("Separate selection - drums")
+      local items = two_items_separated()
       assert.are.same({ "A", "drums", "drums residual", "B", "drums", "drums residual" }, C.track_names(model))
       for _, i in ipairs({ 2, 3, 5, 6 }) do
         local it = model.tracks[i].items[1]
@@ -242,9 +266,7 @@ describe("stems as takes, repeats and regions", function()
     end)
 
     it("makes one undo point for one action over two items", function()
-      new_model()
-      two_items()
-      run("Separate selection - drums")
+      two_items_separated()
       assert.are.equal(6, #model.tracks)
       assert.are.equal(1, #model.undo)
       assert.are.equal("ReaSAM: separate drums", model.undo[1].desc)
@@ -252,9 +274,7 @@ describe("stems as takes, repeats and regions", function()
     end)
 
     it("warns once per action that the stems are separated before the take FX", function()
-      new_model()
-      two_items()
-      run("Separate selection - drums")
+      two_items_separated()
       local _, warned = model.console_text():gsub("has take FX: the stems are separated from its source before", "")
       assert.are.equal(1, warned)
     end)
