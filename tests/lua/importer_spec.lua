@@ -189,7 +189,7 @@ describe("importer", function()
     for i, tk in ipairs(item.takes) do names[i] = tk.name end
     assert.are.same({ "", "harmonic", "rest", "drums (not found)" }, names)
     assert.are.equal(item.takes[2], item.active)
-    assert.are.equal(3, #res.takes)
+    assert.are.equal(3, res.take_count)
     assert.is_true(C.takes_sum(item, orig, { item.takes[2], item.takes[3], item.takes[4] }) > 0)
     assert.are.equal(0, item.info.B_MUTE)
   end)

@@ -474,35 +474,40 @@ local function envelope_chunks(orig_take, shift)
   return out
 end
 
--- Gives take number `index` (0-based) of `item` the envelope chunks, in place of the volume, pan
--- and mute envelopes it had (an earlier stem's, on a repeat).
-local function set_take_envelopes(item, index, chunks)
+-- Gives takes of `item` envelope chunks: by_index[i] (i 0-based) = the chunks of take i, in
+-- place of the volume, pan and mute envelopes it had (an earlier stem's, on a repeat). One
+-- SetItemStateChunk per item, after every other change to it: REAPER may make the item's takes
+-- anew from the chunk, so no take pointer is used after it.
+local function set_take_envelopes(item, by_index)
   local ok, chunk = reaper.GetItemStateChunk(item, "", false)
   if not ok or type(chunk) ~= "string" then error("REAPER did not give the item's state", 0) end
-  local out, depth, take, skipping, inserted = {}, 0, 0, 0, false
+  local out, depth, take, skipping, done = {}, 0, 0, 0, {}
   local function insert()
-    if not inserted then
+    local chunks = by_index[take]
+    if chunks and not done[take] then
       for _, c in ipairs(chunks) do out[#out + 1] = c end
-      inserted = true
+      done[take] = true
     end
   end
   for line in (chunk .. "\n"):gmatch("(.-)\r?\n") do
     local l = line:match("^%s*(.-)%s*$")
     if skipping > 0 then
       if l:sub(1, 1) == "<" then skipping = skipping + 1 elseif l == ">" then skipping = skipping - 1 end
-    elseif depth == 1 and take == index and ENV_BLOCK[l:match("^<(%u+)") or ""] then
+    elseif depth == 1 and by_index[take] and ENV_BLOCK[l:match("^<(%u+)") or ""] then
       skipping = 1
     else
       if depth == 1 and l:match("^TAKE") then
-        if take == index then insert() end
+        insert()
         take = take + 1
       end
-      if depth == 1 and l == ">" and take == index then insert() end
+      if depth == 1 and l == ">" then insert() end
       if l:sub(1, 1) == "<" then depth = depth + 1 elseif l == ">" then depth = depth - 1 end
       out[#out + 1] = line
     end
   end
-  if not inserted then error("the item's state has no take " .. index, 0) end
+  for i in pairs(by_index) do
+    if not done[i] then error("the item's state has no take " .. i, 0) end
+  end
   while out[#out] == "" do out[#out] = nil end
   reaper.SetItemStateChunk(item, table.concat(out, "\n"), false)
 end
@@ -514,23 +519,33 @@ local function take_index(item, take)
   return nil
 end
 
--- Copies the original take's envelopes to a stem take (nothing to do when it has none and the
--- stem take had none).
-local function copy_envelopes(job, take, shift)
-  local chunks = envelope_chunks(job.request.take, shift)
-  local item = reaper.GetMediaItemTake_Item(take)
-  if #chunks == 0 then
-    local had = false
-    for _, e in ipairs(TAKE_ENVELOPES) do had = had or reaper.GetTakeEnvelopeByName(take, e[1]) ~= nil end
-    if not had then return end
+-- Stem takes that get the original take's envelopes once everything else is done:
+-- pending[#pending + 1] = { take, shift }. Nothing to do for a take when the original has none
+-- and the take had none.
+local function copy_envelopes(job, pending)
+  local by_item, items = {}, {}
+  for _, e in ipairs(pending) do
+    local take, shift = e[1], e[2]
+    local chunks = envelope_chunks(job.request.take, shift)
+    local had = #chunks > 0
+    for _, env in ipairs(TAKE_ENVELOPES) do had = had or reaper.GetTakeEnvelopeByName(take, env[1]) ~= nil end
+    if had then
+      local item = reaper.GetMediaItemTake_Item(take)
+      if not by_item[item] then
+        by_item[item] = {}
+        items[#items + 1] = item
+      end
+      by_item[item][take_index(item, take)] = chunks
+    end
   end
-  set_take_envelopes(item, take_index(item, take), chunks)
+  for _, item in ipairs(items) do set_take_envelopes(item, by_item[item]) end
 end
 
--- A new stem item with the original's take envelopes (see copy_envelopes).
-local function add_stem_item(track, p, job, changes)
+-- A new stem item; its take gets the envelopes later (pending), moved back by as much take time
+-- as the item starts after the original.
+local function add_stem_item(track, p, job, changes, pending)
   local item, take = add_item(track, p.src, p.place, job, p.name, changes)
-  copy_envelopes(job, take, (p.place.position - job.request.item_position) * p.place.playrate)
+  pending[#pending + 1] = { take, (p.place.position - job.request.item_position) * p.place.playrate }
   return item, take
 end
 
@@ -543,7 +558,6 @@ local function fill_take(take, p, job)
   reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", tp.playrate)
   reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", tp.startoffs)
   reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", p.name, true)
-  copy_envelopes(job, take, 0)
 end
 
 -- The import itself, for a pair or a set: `plan` lists { stem, name, role, key, prompt }.
@@ -578,18 +592,19 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
     end
     local earlier = opts.on_repeat == "keep" and {} or importer.earlier(job)
     local reuse = reusable(earlier, use, takes_ok)
-    local out_takes = {}
+    local out_takes, pending = {}, {}
     if reuse then
       -- The new stems take the earlier ones' places: their takes, or their tracks.
       for _, p in ipairs(use) do
         local e = reuse[p.key]
         if e.kind == "take" then
           fill_take(e.take, p, job)
+          pending[#pending + 1] = { e.take, 0 }
           out_takes[#out_takes + 1] = e.take
           stamp(e.take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(e.take, "P_EXT:reasam_prompt", p.prompt, true) end
         else
-          local item, take = add_stem_item(e.track, p, job, changes)
+          local item, take = add_stem_item(e.track, p, job, changes, pending)
           stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           result.items[#result.items + 1] = item
@@ -606,6 +621,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
         for _, p in ipairs(use) do
           local take = reaper.AddTakeToMediaItem(req.item)
           fill_take(take, p, job)
+          pending[#pending + 1] = { take, 0 }
           stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           out_takes[#out_takes + 1] = take
@@ -613,7 +629,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
       else
         local tracks = make_tracks(changes, use)
         for i, p in ipairs(use) do
-          local item, take = add_stem_item(tracks[i], p, job, changes)
+          local item, take = add_stem_item(tracks[i], p, job, changes, pending)
           stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           result.tracks[#result.tracks + 1] = tracks[i]
@@ -621,22 +637,23 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
         end
       end
     end
-    -- The earlier stem items (all of them ReaSAM's) go last: nothing can fail after this, so a
-    -- failure before it leaves them as they were.
-    delete_items(earlier)
-    result.takes = out_takes
+    result.take_count = #out_takes
     if #out_takes > 0 then
       -- The target plays (what the action isolated), unless the setting keeps the original.
       reaper.SetActiveTake(opts.active_take == "original" and req.take or out_takes[1])
     elseif opts.mute and valid(req.item, "MediaItem*") then
       set_existing(changes, "MediaItem*", req.item, "B_MUTE", 1)
     end
+    copy_envelopes(job, pending) -- after the rest: it may make the items' takes anew
+    -- The earlier stem items (all of them ReaSAM's) go last: nothing can fail after this, so a
+    -- failure before it leaves them as they were.
+    delete_items(earlier)
   end)
 end
 
 -- Imports one stem-set job into its folder. opts: { mute, batch, import_absent, undo, place,
 -- take_residual, active_take, on_repeat }.
--- Returns { items, sources, tracks, takes, skipped = { prompt names not found } } or nil, message. A
+-- Returns { items, sources, tracks, take_count, skipped = { prompt names not found } } or nil, message. A
 -- target the daemon did not find goes on a muted "<prompt> (not found)" track after the rest
 -- (the residual is the region minus every target, so the tracks still sum to the original);
 -- import_absent puts it among the others, unmuted. With no target found (and import_absent off)
@@ -672,7 +689,7 @@ function importer.import_set(job, manifest, opts)
 end
 
 -- Imports one job. opts: { folder, mute, batch, undo, place, take_residual, active_take,
--- on_repeat }. Returns { items, sources, tracks, takes } or nil, message. A failure half-way
+-- on_repeat }. Returns { items, sources, tracks, take_count } or nil, message. A failure half-way
 -- leaves the project as it was: what this call created is deleted (and what it changed
 -- restored) before the undo block closes.
 function importer.import(job, manifest, opts)
