@@ -20,7 +20,11 @@
 --     "ReaSAM: cancel jobs" cancels the job in the daemon.
 --   - Stem sets: "Separate selection: stems..." (a checklist) or "vocals, drums, bass, rest" put
 --     one coloured track per stem plus the rest in a folder under the source track.
---   - Settings (port, output folder, engine, quality, folder, mute): "ReaSAM: status and settings".
+--   - Stems as new tracks or as new takes of the original item; separating an item again
+--     replaces the stems ReaSAM made for it; "Separate time selection: vocals" (or the region
+--     setting) separates only the part of each item inside the time selection.
+--   - Settings (port, output folder, engine, quality, folder, mute, where stems go, region):
+--     "ReaSAM: status and settings".
 -- @provides
 --   [main] Separate selection - vocals.lua
 --   [main] Separate selection - drums.lua
