@@ -17,6 +17,8 @@ local reaper = reaper
 local util = require("util")
 local settings = require("settings")
 local stems_lib = require("stems")
+local marks = require("stem_marks")
+local take_envelopes = require("take_envelopes")
 
 local importer = {}
 
@@ -179,34 +181,6 @@ local function copy_take_values(orig_take, take)
   for _, key in ipairs(TAKE_COPY) do
     reaper.SetMediaItemTakeInfo_Value(take, key, reaper.GetMediaItemTakeInfo_Value(orig_take, key))
   end
-end
-
-local function obj_guid(kind, obj)
-  if not valid(obj, kind) then return "" end
-  local get = kind == "MediaItem*" and reaper.GetSetMediaItemInfo_String or reaper.GetSetMediaItemTakeInfo_String
-  local _, g = get(obj, "GUID", "", false)
-  return g or ""
-end
-
--- What the stems of a job are for: the original item and take, the prompts (with any spans), the
--- region (file seconds). Written on every take ReaSAM makes, so that separating the same item
--- again with the same prompts finds them (settings: on_repeat).
-local function stem_key(job)
-  return job.prompt_name .. "|" .. table.concat(job.request.spans or {}, " ")
-end
-
-local function stamp(take, job, role, stem)
-  local req = job.request
-  local set = reaper.GetSetMediaItemTakeInfo_String
-  set(take, "P_EXT:reasam_job", job.id, true)
-  set(take, "P_EXT:reasam_prompt", job.prompt_text or "", true)
-  set(take, "P_EXT:reasam_spans", table.concat(req.spans or {}, " "), true)
-  set(take, "P_EXT:reasam_role", role, true)
-  set(take, "P_EXT:reasam_stem", stem, true)
-  set(take, "P_EXT:reasam_key", stem_key(job), true)
-  set(take, "P_EXT:reasam_item", obj_guid("MediaItem*", req.item), true)
-  set(take, "P_EXT:reasam_take", obj_guid("MediaItem_Take*", req.take), true)
-  set(take, "P_EXT:reasam_region", util.num(req.region_start) .. ":" .. util.num(req.region_end), true)
 end
 
 local function add_item(track, src, place, job, stem_name, changes)
@@ -380,62 +354,6 @@ function importer.takes_refusal(req, plan, sample_rate)
   return nil
 end
 
-local function ext(take, key)
-  local _, v = reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:" .. key, "", false)
-  return v or ""
-end
-
--- The stems ReaSAM made earlier for the same item, prompts and region (another part of the
--- item, or the item after a trim, is not a repeat: its stems stay): a list of
--- { kind = "take", take } (a take of the original item) or { kind = "item", item, track } (an
--- item holding only ReaSAM's takes, wherever the user moved it or however the track is named),
--- each with its stem key. A take the user put in an item of their own is theirs: not listed.
-function importer.earlier(job)
-  local req = job.request
-  local item_guid = obj_guid("MediaItem*", req.item)
-  if item_guid == "" then return {} end
-  local key = stem_key(job)
-  local found = {}
-  for t = 0, reaper.CountTracks(0) - 1 do
-    local tr = reaper.GetTrack(0, t)
-    for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
-      local it = reaper.GetTrackMediaItem(tr, i)
-      local n, ours, hits = reaper.CountTakes(it), 0, {}
-      for k = 0, n - 1 do
-        local tk = reaper.GetTake(it, k)
-        if ext(tk, "reasam_role") ~= "" then ours = ours + 1 end
-        local a, b = ext(tk, "reasam_region"):match("^([^:]+):([^:]+)$")
-        a, b = tonumber(a), tonumber(b)
-        if ext(tk, "reasam_item") == item_guid and ext(tk, "reasam_key") == key and a and b
-          and math.abs(a - req.region_start) < 1e-3 and math.abs(b - req.region_end) < 1e-3 then
-          hits[#hits + 1] = tk
-        end
-      end
-      for _, tk in ipairs(hits) do
-        if it == req.item then
-          found[#found + 1] = { kind = "take", take = tk, stem = ext(tk, "reasam_stem") }
-        elseif ours == n then
-          found[#found + 1] = { kind = "item", item = it, track = tr, stem = ext(tk, "reasam_stem") }
-        end
-      end
-    end
-  end
-  return found
-end
-
--- The earlier stems by stem key when every stem of the plan has one (and those that are takes
--- can be takes again); else nil.
-local function reusable(earlier, plan, takes_ok)
-  if #earlier == 0 then return nil end
-  local by = {}
-  for _, e in ipairs(earlier) do by[e.stem] = by[e.stem] or e end
-  for _, p in ipairs(plan) do
-    local e = by[p.key]
-    if not e or (e.kind == "take" and not takes_ok) then return nil end
-  end
-  return by
-end
-
 local function delete_items(entries)
   local gone = {}
   for _, e in ipairs(entries) do
@@ -444,101 +362,6 @@ local function delete_items(entries)
       reaper.DeleteTrackMediaItem(reaper.GetMediaItem_Track(e.item), e.item)
     end
   end
-end
-
--- The take's volume, pan and mute envelopes go with the stems, so that each stem is shaped as
--- the original was. REAPER has no call that creates a take envelope: it is written into the
--- item's state chunk after the take's <SOURCE> block (as in a saved project). A take envelope's
--- time runs from the item's start in take time (at the playrate), so a stem item that starts
--- `shift` seconds of take time later gets its points moved back by as much.
-local TAKE_ENVELOPES = { { "Volume", "VOLENV" }, { "Pan", "PANENV" }, { "Mute", "MUTEENV" } }
-local ENV_BLOCK = { VOLENV = true, PANENV = true, MUTEENV = true }
-
-local function envelope_chunks(orig_take, shift)
-  local out = {}
-  if not (reaper.GetTakeEnvelopeByName and valid(orig_take, "MediaItem_Take*")) then return out end
-  for _, e in ipairs(TAKE_ENVELOPES) do
-    local env = reaper.GetTakeEnvelopeByName(orig_take, e[1])
-    local ok, chunk = false, nil
-    if env then ok, chunk = reaper.GetEnvelopeStateChunk(env, "", false) end
-    if ok and type(chunk) == "string" and chunk:match("^%s*<" .. e[2]) then
-      chunk = chunk:gsub("\r?\n%s*EGUID [^\r\n]*", "") -- the copy gets a GUID of its own
-      if shift ~= 0 then
-        chunk = chunk:gsub("(\n%s*PT )([^ \r\n]+)", function(head, t)
-          return head .. string.format("%.14g", tonumber(t) - shift)
-        end)
-      end
-      out[#out + 1] = chunk
-    end
-  end
-  return out
-end
-
--- Gives takes of `item` envelope chunks: by_index[i] (i 0-based) = the chunks of take i, in
--- place of the volume, pan and mute envelopes it had (an earlier stem's, on a repeat). One
--- SetItemStateChunk per item, after every other change to it: REAPER may make the item's takes
--- anew from the chunk, so no take pointer is used after it.
-local function set_take_envelopes(item, by_index)
-  local ok, chunk = reaper.GetItemStateChunk(item, "", false)
-  if not ok or type(chunk) ~= "string" then error("REAPER did not give the item's state", 0) end
-  local out, depth, take, skipping, done = {}, 0, 0, 0, {}
-  local function insert()
-    local chunks = by_index[take]
-    if chunks and not done[take] then
-      for _, c in ipairs(chunks) do out[#out + 1] = c end
-      done[take] = true
-    end
-  end
-  for line in (chunk .. "\n"):gmatch("(.-)\r?\n") do
-    local l = line:match("^%s*(.-)%s*$")
-    if skipping > 0 then
-      if l:sub(1, 1) == "<" then skipping = skipping + 1 elseif l == ">" then skipping = skipping - 1 end
-    elseif depth == 1 and by_index[take] and ENV_BLOCK[l:match("^<(%u+)") or ""] then
-      skipping = 1
-    else
-      if depth == 1 and l:match("^TAKE") then
-        insert()
-        take = take + 1
-      end
-      if depth == 1 and l == ">" then insert() end
-      if l:sub(1, 1) == "<" then depth = depth + 1 elseif l == ">" then depth = depth - 1 end
-      out[#out + 1] = line
-    end
-  end
-  for i in pairs(by_index) do
-    if not done[i] then error("the item's state has no take " .. i, 0) end
-  end
-  while out[#out] == "" do out[#out] = nil end
-  reaper.SetItemStateChunk(item, table.concat(out, "\n"), false)
-end
-
-local function take_index(item, take)
-  for i = 0, reaper.CountTakes(item) - 1 do
-    if reaper.GetTake(item, i) == take then return i end
-  end
-  return nil
-end
-
--- Stem takes that get the original take's envelopes once everything else is done:
--- pending[#pending + 1] = { take, shift }. Nothing to do for a take when the original has none
--- and the take had none.
-local function copy_envelopes(job, pending)
-  local by_item, items = {}, {}
-  for _, e in ipairs(pending) do
-    local take, shift = e[1], e[2]
-    local chunks = envelope_chunks(job.request.take, shift)
-    local had = #chunks > 0
-    for _, env in ipairs(TAKE_ENVELOPES) do had = had or reaper.GetTakeEnvelopeByName(take, env[1]) ~= nil end
-    if had then
-      local item = reaper.GetMediaItemTake_Item(take)
-      if not by_item[item] then
-        by_item[item] = {}
-        items[#items + 1] = item
-      end
-      by_item[item][take_index(item, take)] = chunks
-    end
-  end
-  for _, item in ipairs(items) do set_take_envelopes(item, by_item[item]) end
 end
 
 -- A new stem item; its take gets the envelopes later (pending), moved back by as much take time
@@ -590,8 +413,8 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
       p.src = open_source(p.stem.path)
       result.sources[#result.sources + 1] = p.src
     end
-    local earlier = opts.on_repeat == "keep" and {} or importer.earlier(job)
-    local reuse = reusable(earlier, use, takes_ok)
+    local earlier = opts.on_repeat == "keep" and {} or marks.earlier(job)
+    local reuse = marks.reusable(earlier, use, takes_ok)
     local out_takes, pending = {}, {}
     if reuse then
       -- The new stems take the earlier ones' places: their takes, or their tracks.
@@ -601,11 +424,11 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
           fill_take(e.take, p, job)
           pending[#pending + 1] = { e.take, 0 }
           out_takes[#out_takes + 1] = e.take
-          stamp(e.take, job, p.role, p.key)
+          marks.stamp(e.take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(e.take, "P_EXT:reasam_prompt", p.prompt, true) end
         else
           local item, take = add_stem_item(e.track, p, job, changes, pending)
-          stamp(take, job, p.role, p.key)
+          marks.stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           result.items[#result.items + 1] = item
           result.tracks[#result.tracks + 1] = e.track
@@ -622,7 +445,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
           local take = reaper.AddTakeToMediaItem(req.item)
           fill_take(take, p, job)
           pending[#pending + 1] = { take, 0 }
-          stamp(take, job, p.role, p.key)
+          marks.stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           out_takes[#out_takes + 1] = take
         end
@@ -630,7 +453,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
         local tracks = make_tracks(changes, use)
         for i, p in ipairs(use) do
           local item, take = add_stem_item(tracks[i], p, job, changes, pending)
-          stamp(take, job, p.role, p.key)
+          marks.stamp(take, job, p.role, p.key)
           if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
           result.tracks[#result.tracks + 1] = tracks[i]
           result.items[#result.items + 1] = item
@@ -644,7 +467,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
     elseif opts.mute and valid(req.item, "MediaItem*") then
       set_existing(changes, "MediaItem*", req.item, "B_MUTE", 1)
     end
-    copy_envelopes(job, pending) -- after the rest: it may make the items' takes anew
+    take_envelopes.copy(job.request.take, pending) -- after the rest: it may make the items' takes anew
     -- The earlier stem items (all of them ReaSAM's) go last: nothing can fail after this, so a
     -- failure before it leaves them as they were.
     delete_items(earlier)
