@@ -190,6 +190,8 @@ describe("importer", function()
     assert.are.same({ "", "harmonic", "rest", "drums (not found)" }, names)
     assert.are.equal(item.takes[2], item.active)
     assert.are.equal(3, res.take_count)
+    assert.are.equal("harmonic", item.takes[2].ext.reasam_prompt) -- a set's target: its own prompt
+    assert.are.equal("rest", item.takes[3].ext.reasam_stem)
     assert.is_true(C.takes_sum(item, orig, { item.takes[2], item.takes[3], item.takes[4] }) > 0)
     assert.are.equal(0, item.info.B_MUTE)
   end)

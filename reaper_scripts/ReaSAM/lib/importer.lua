@@ -424,12 +424,10 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
           fill_take(e.take, p, job)
           pending[#pending + 1] = { e.take, 0 }
           out_takes[#out_takes + 1] = e.take
-          marks.stamp(e.take, job, p.role, p.key)
-          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(e.take, "P_EXT:reasam_prompt", p.prompt, true) end
+          marks.stamp(e.take, job, p)
         else
           local item, take = add_stem_item(e.track, p, job, changes, pending)
-          marks.stamp(take, job, p.role, p.key)
-          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
+          marks.stamp(take, job, p)
           result.items[#result.items + 1] = item
           result.tracks[#result.tracks + 1] = e.track
         end
@@ -445,16 +443,14 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
           local take = reaper.AddTakeToMediaItem(req.item)
           fill_take(take, p, job)
           pending[#pending + 1] = { take, 0 }
-          marks.stamp(take, job, p.role, p.key)
-          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
+          marks.stamp(take, job, p)
           out_takes[#out_takes + 1] = take
         end
       else
         local tracks = make_tracks(changes, use)
         for i, p in ipairs(use) do
           local item, take = add_stem_item(tracks[i], p, job, changes, pending)
-          marks.stamp(take, job, p.role, p.key)
-          if p.prompt then reaper.GetSetMediaItemTakeInfo_String(take, "P_EXT:reasam_prompt", p.prompt, true) end
+          marks.stamp(take, job, p)
           result.tracks[#result.tracks + 1] = tracks[i]
           result.items[#result.items + 1] = item
         end

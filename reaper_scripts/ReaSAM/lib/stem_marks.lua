@@ -26,14 +26,16 @@ local function stem_key(job)
   return job.prompt_name .. "|" .. table.concat(job.request.spans or {}, " ")
 end
 
-function marks.stamp(take, job, role, stem)
+-- stem: { role ("target"/"residual"), key (the stem's name in the job), prompt (a set's target:
+-- its own prompt) }.
+function marks.stamp(take, job, stem)
   local req = job.request
   local set = reaper.GetSetMediaItemTakeInfo_String
   set(take, "P_EXT:reasam_job", job.id, true)
-  set(take, "P_EXT:reasam_prompt", job.prompt_text or "", true)
+  set(take, "P_EXT:reasam_prompt", stem.prompt or job.prompt_text or "", true)
   set(take, "P_EXT:reasam_spans", table.concat(req.spans or {}, " "), true)
-  set(take, "P_EXT:reasam_role", role, true)
-  set(take, "P_EXT:reasam_stem", stem, true)
+  set(take, "P_EXT:reasam_role", stem.role, true)
+  set(take, "P_EXT:reasam_stem", stem.key, true)
   set(take, "P_EXT:reasam_key", stem_key(job), true)
   set(take, "P_EXT:reasam_item", obj_guid("MediaItem*", req.item), true)
   set(take, "P_EXT:reasam_take", obj_guid("MediaItem_Take*", req.take), true)
