@@ -1,6 +1,7 @@
 -- @noindex
--- Import a finished job's stems as new tracks right under the source track, in one undo block,
--- lined up to the sample with the original item.
+-- Import a finished job's stems as new tracks right under the source track (or as new takes of
+-- the original item: settings `place`), lined up to the sample with the original item; on a
+-- repeat (settings `on_repeat`) in place of the stems ReaSAM made for it before.
 --
 -- Stem frame 0 is file time manifest.region_start. The original take plays file time
 --   offset + D_STARTOFFS + (t - D_POSITION) * D_PLAYRATE   at project time t,
@@ -9,6 +10,9 @@
 -- and the new item gets the original's position and length (clipped to what the stem covers),
 -- its take D_STARTOFFS = (position - T0) * D_PLAYRATE and the original's playrate and pitch
 -- settings, so every stem plays exactly the samples the original plays at that moment.
+--
+-- As takes, the same mapping gives each new take of the original item its D_STARTOFFS (see
+-- importer.take_placement).
 --
 -- A stem set's job lands in a folder track under the source track: one coloured track per
 -- prompt, then the rest. A target the daemon reports as not present (manifest `present`
