@@ -31,7 +31,7 @@ describe("stems as takes, repeats and regions", function()
     C.forget()
     model = H.model({ media = H.tmpdir("media"), sockets = sockets ~= false })
     settings = settings or {}
-    settings.engine = "dsp"
+    settings.engine = settings.engine or "dsp"
     D.configure(model, d, settings)
     return model
   end
@@ -207,6 +207,21 @@ describe("stems as takes, repeats and regions", function()
       local n = C.stems_sum(a, ti, model.tracks[3].items[1])
       assert.is_true(math.abs(n - 0.75 * 0.8 * RATE) <= 1, n)
       assert.matches("2 selected items are outside the time selection: skipped", model.console_text())
+    end)
+
+    it("the time-selection action separates the vocals of that part (spleeter engine)", function()
+      assert.is_true(D.has_engine(d, "spleeter"), "the daemon has no usable spleeter engine: run bash install/test.sh")
+      -- (the test signal has no voice: the near-silent vocals stem is imported all the same)
+      new_model({ engine = "spleeter", import_absent = "y" })
+      local a = model.add_item(model.add_track("A"), { file = song, position = 4, startoffs = 0.1, length = 1.8 })
+      model.time_sel = { 4.5, 5.25 }
+      run("Separate time selection - vocals")
+      assert.are.same({ "A", "vocals", "vocals residual" }, C.track_names(model))
+      local ti = model.tracks[2].items[1]
+      assert.are.equal(4.5, ti.info.D_POSITION)
+      assert.is_true(math.abs(ti.info.D_LENGTH - 0.75) < 1e-9)
+      local n = C.stems_sum(a, ti, model.tracks[3].items[1])
+      assert.is_true(math.abs(n - 0.75 * RATE) <= 1, n)
     end)
 
     it("the time-selection action asks for a time selection, and says when no item is in it", function()
