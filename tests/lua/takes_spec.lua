@@ -179,6 +179,13 @@ describe("stems as takes, repeats and regions", function()
       assert.matches("song%.wav", f:read("a")) -- the source, not a stem
       f:close()
       C.takes_sum(item, orig, { item.takes[2], item.takes[3] })
+      -- targets only now: the target take gets the new stem, the residual take stays (the API
+      -- cannot remove a take) and the summary says so
+      model.set_setting("place", "target_takes")
+      run("Separate selection - drums")
+      assert.are.equal(3, #item.takes)
+      assert.are_not.equal(ext(item.takes[2], "reasam_job"), ext(item.takes[3], "reasam_job"))
+      assert.matches("1 earlier stem take%(s%) left as they were", model.console_text())
     end)
 
     it("keep: stacks a second pair of tracks", function()

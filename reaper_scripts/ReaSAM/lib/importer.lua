@@ -436,7 +436,14 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
           result.tracks[#result.tracks + 1] = e.track
         end
       end
-      result.replaced = #earlier
+      -- An earlier take no new stem took (the residual, when only targets go to takes now) stays:
+      -- a take cannot be removed through the API.
+      local used = {}
+      for _, p in ipairs(use) do used[reuse[p.key]] = true end
+      for _, e in ipairs(earlier) do
+        if e.kind == "take" and not used[e] then result.left = (result.left or 0) + 1 end
+      end
+      result.replaced = #earlier - (result.left or 0)
     else
       for _, e in ipairs(earlier) do
         if e.kind == "take" then result.left = (result.left or 0) + 1 end

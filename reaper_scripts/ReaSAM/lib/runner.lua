@@ -343,8 +343,9 @@ function Run:import_job(job)
     reaper.ShowConsoleMsg("ReaSAM: stems went on new tracks instead of takes: " .. result.fallback .. "\n")
   end
   if (result.left or 0) > 0 then
-    self.notes[#self.notes + 1] = string.format("%s: %d earlier stem take(s) kept (the new stems could not take "
-      .. "their place)", job.request.label, result.left)
+    self.notes[#self.notes + 1] = string.format("%s: %d earlier stem take(s) left as they were (no new stem took "
+      .. "their place, and a script cannot remove a take: delete it by hand if it is not wanted)",
+      job.request.label, result.left)
   end
   if result.nothing then
     job.stage = "nothing found"
