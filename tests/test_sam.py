@@ -1058,6 +1058,40 @@ def fake_hub() -> Iterator[str]:
         server.server_close()
 
 
+class _WordyHub(http.server.BaseHTTPRequestHandler):
+    """A hub whose refusal explains itself at length, as the real one's HTTP errors do."""
+
+    SAID = " ".join(f"Reason {n} why this download is refused today." for n in range(30))
+
+    def do_GET(self) -> None:
+        self.send_response(403)
+        self.send_header("X-Error-Message", self.SAID)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args) -> None:
+        return None
+
+
+def test_pull_errors_keep_whole_sentences(hub, capsys):
+    """`reasam models pull` used to cut the hub's answer at 200 characters, mid-sentence."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WordyHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    old = models.set_default_manager(models.ModelManager(models.SamSettings(endpoint=endpoint)))
+    try:
+        assert main(["models", "pull", "large"]) == 1
+    finally:
+        models.set_default_manager(old)
+        server.shutdown()
+        server.server_close()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Reason 0 why" in line and line.endswith("refused today. […]"), line
+    assert line.count("Reason ") == line.count("why this download is refused today.") >= 2, line
+
+
 def test_hub_gated_and_not_found(hub, fake_hub):
     manager = models.ModelManager(models.SamSettings(endpoint=fake_hub))
     with pytest.raises(ReasamError, match="gated and you are not logged in") as info:

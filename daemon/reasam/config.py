@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ReasamError
+from .errors import ReasamError, detail
 from .request import ENGINES, QUALITIES
 
 log = logging.getLogger("reasam.config")
@@ -464,6 +464,6 @@ def install_service(
             result = runner(cmd)
             code = getattr(result, "returncode", 0)
             if code != 0 and cmd[1] != "unload":
-                detail = (getattr(result, "stderr", "") or "").strip().splitlines()[-1:] or [""]
-                raise ReasamError("internal", f"{' '.join(cmd)} failed ({code}): {detail[0]}")
+                said = detail(getattr(result, "stderr", "") or "") or "no message"
+                raise ReasamError("internal", f"{' '.join(cmd)} failed ({code}): {said}")
     return path, commands

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 # Codes of the OSC protocol, version 1.
 CODES = (
@@ -45,8 +46,41 @@ class ReasamError(Exception):
         return self.message
 
 
+# An error text from a library (the hub's HTTP errors carry the server's whole answer) is kept to
+# whole sentences that fit this many characters; the first sentence is always kept whole, up to
+# HARD_LIMIT (an answer with no sentence end at all, an HTML page say, is cut at a word there).
+DETAIL_LIMIT = 400
+HARD_LIMIT = 2000
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def detail(text: object, limit: int = DETAIL_LIMIT) -> str:
+    """`text` as one line of whole sentences, for the end of a one-line error message.
+
+    Messages used to be cut at a fixed length, mid-word and mid-sentence ("... You must have
+    acc"), which left the user guessing what the library said; the sentences that do not fit are
+    dropped whole instead, and "[…]" says that something was."""
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    sentences = _SENTENCE_END.split(line)
+    kept = sentences[0]
+    if len(kept) > HARD_LIMIT:
+        return kept[:HARD_LIMIT].rsplit(" ", 1)[0] + " […]"
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > limit:
+            break
+        kept = f"{kept} {sentence}"
+    return kept if kept == line else f"{kept} […]"
+
+
 class NoAnswer(Exception):
     """The daemon did not answer in time (not running, wrong port, or the datagrams were lost)."""
+
+
+class NotListening(NoAnswer):
+    """Nothing listens on the daemon's port: the host said so (ICMP port unreachable), so there
+    is no point in waiting for an answer."""
 
 
 class JobCancelled(Exception):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, audio
-from .errors import JobCancelled, ReasamError, is_out_of_memory, output_error
+from .errors import JobCancelled, ReasamError, detail, is_out_of_memory, output_error
 
 if TYPE_CHECKING:
     from .cache import ResultCache
@@ -896,12 +896,12 @@ class JobManager:
             log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
         except Exception as exc:
             if is_out_of_memory(exc):
-                detail = " ".join(str(exc).split())[:300]
+                said = detail(exc)
                 message = (
-                    f"out of memory ({type(exc).__name__}: {detail}); try quality fast or a shorter region"
+                    f"out of memory ({type(exc).__name__}: {said}); try quality fast or a shorter region"
                 )
                 self._finish(job, "error", stage="error", message=message, code="out_of_memory")
-                log.error("job %s ran out of memory: %s", job.job_id, detail)
+                log.error("job %s ran out of memory: %s", job.job_id, said)
                 return
             log.exception("job %s: internal error", job.job_id)
             message = f"{type(exc).__name__}: {exc}"

@@ -59,6 +59,7 @@ from typing import Any
 import torch
 
 from .errors import ReasamError, is_out_of_memory
+from .errors import detail as errors_detail
 
 log = logging.getLogger(__name__)
 
@@ -418,15 +419,13 @@ def _hub_error(
         return ReasamError(
             "engine_failed",
             f"cannot reach the model hub to download {repo} (no network?) and it is not in the cache "
-            f"({hub_cache_dir(settings)}): {' '.join(str(exc).split())[:200]}",
+            f"({hub_cache_dir(settings)}): {errors_detail(exc)}",
         )
     if isinstance(exc, errors.HfHubHTTPError):
-        return ReasamError(
-            "engine_failed", f"{repo}: the hub answered with an error: {' '.join(str(exc).split())[:300]}"
-        )
+        return ReasamError("engine_failed", f"{repo}: the hub answered with an error: {errors_detail(exc)}")
     return ReasamError(
         "engine_failed",
-        f"cannot download {repo} (no network?): {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+        f"cannot download {repo} (no network?): {type(exc).__name__}: {errors_detail(exc)}",
     )
 
 
@@ -959,7 +958,7 @@ class ModelManager:
                 raise ReasamError(
                     "out_of_memory", f"loading {label} ran out of memory on {device}: {advice}"
                 ) from None
-            message = f"loading {label} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            message = f"loading {label} failed: {type(exc).__name__}: {errors_detail(exc)}"
             raise ReasamError("engine_failed", message) from None
         seconds = time.perf_counter() - started
         params = sum(p.numel() for p in model.parameters())
@@ -994,7 +993,7 @@ class ModelManager:
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise
-            detail = " ".join(str(exc).split())[:200]
+            detail = errors_detail(exc)
             return None, f"the judge model ({folder}) cannot be loaded: {type(exc).__name__}: {detail}"
         return JudgeRanker(model.eval(), processor), None
 

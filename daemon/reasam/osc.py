@@ -359,7 +359,7 @@ class ModelBridge:
                 devices.append(device)
         if self.loading:
             parts.append("preloading")
-        return ",".join(devices) or "cpu", "; ".join(parts)[:1000] or "none"
+        return ",".join(devices) or "cpu", "; ".join(parts) or "none"
 
 
 # ---------------------------------------------------------------------------------------------

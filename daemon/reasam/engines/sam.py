@@ -68,14 +68,14 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import models
-from ..errors import ReasamError
+from ..errors import ReasamError, detail
 from ..request import Span
 from .base import (
     Capabilities,
@@ -337,7 +337,7 @@ class _SamSeparation(Separation):
                 f"SAM-Audio {lm.variant} ran out of memory on {lm.device} even on "
                 f"{current / SAMPLE_RATE:.0f} s pieces with {self.candidates} candidate(s): "
                 + ", ".join(advice)
-                + f" ({message[:160]})",
+                + f" ({detail(message)})",
             )
         log.warning(
             "out of memory on %.0f s of audio; retrying in %.0f s pieces",
@@ -450,9 +450,7 @@ class _SamSeparation(Separation):
         except Exception as exc:
             self._judge_failed = True
             self._score_weight = 0.0
-            log.warning(
-                "the judge failed on a chunk; this job's stems get no judge score (%s)", str(exc)[:160]
-            )
+            log.warning("the judge failed on a chunk; this job's stems get no judge score (%s)", detail(exc))
             return
         finally:
             models.empty_cache(lm.device)
@@ -540,12 +538,15 @@ def _build_prefix(spans: tuple[Span, ...], fetch_span: SpanFetcher) -> _Prefix:
 class SamEngine(Engine):
     """SAM-Audio (Meta): isolate any sound described by text and/or marked by time spans."""
 
-    def __init__(self, manager: models.ModelManager | None = None) -> None:
+    def __init__(self, manager: models.ModelManager | None = None, device: str | None = None) -> None:
         # A bad REASAM_SAM_* setting makes this engine unusable, never the registry.
         self._settings_error: str | None = None
         if manager is None:
             try:
                 manager = models.default_manager()
+                if device is not None:  # engines.use_device: this device, not REASAM_SAM_DEVICE's
+                    manager = models.ModelManager(replace(manager.settings, device=device))
+                    models.set_default_manager(manager)
             except ReasamError as exc:
                 self._settings_error = f"bad SAM setting: {exc.message}"
                 manager = models.ModelManager(models.SamSettings())
