@@ -3,6 +3,10 @@
 Used by `reasam send/status/cancel/ping`, the benchmarks and the tests. UDP can lose any
 datagram, and every request of the protocol is idempotent, so the client resends with doubling
 waits until an answer comes; it listens only for replies from the daemon's own address.
+
+The socket is connected to the daemon's address, so the kernel reports an ICMP "port
+unreachable" to it: with no daemon on a local port the first receive fails with ECONNREFUSED
+at once, and the client says so instead of resending for seconds into silence.
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .errors import CODES, USAGE_CODES, NoAnswer, ReasamError
+from .errors import CODES, USAGE_CODES, NoAnswer, NotListening, ReasamError
 from .osc import MAX_DATAGRAM, FramingError, encode, parse
 
 # Exit codes of the client commands, beyond the CLI's 0 / 1 / 2.
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_CANCELLED = 0, 1, 2, 3, 4
+
+
+# How an ICMP "port unreachable" reaches a connected UDP socket: ECONNREFUSED on Linux and
+# macOS, WSAECONNRESET on Windows.
+_REFUSED = (ConnectionRefusedError, ConnectionResetError)
 
 
 class Client:
@@ -51,6 +60,9 @@ class Client:
         ip = str(resolved[0])
         try:
             self.sock.bind((ip if config.is_loopback(ip) else "", 0))
+            # Connected: the kernel then drops datagrams from any other address and reports
+            # "port unreachable" (nothing listens there) to the next send or receive.
+            self.sock.connect(self.addr)
         except OSError:
             self.sock.close()
             raise
@@ -68,7 +80,13 @@ class Client:
         return ["token", self.token] if self.token else []
 
     def send(self, address: str, *args: Any) -> None:
-        self.sock.sendto(encode(address, *args), self.addr)
+        try:
+            self.sock.send(encode(address, *args))
+        except _REFUSED:
+            raise self._not_listening() from None
+
+    def _not_listening(self) -> NotListening:
+        return NotListening(f"nothing listens at {self.addr[0]}:{self.addr[1]}: connection refused")
 
     def receive(self, timeout: float) -> tuple[str, list[Any]] | None:
         """The next well-formed message within `timeout` seconds, or None."""
@@ -82,6 +100,8 @@ class Client:
                 data, sender = self.sock.recvfrom(MAX_DATAGRAM + 1)
             except TimeoutError:
                 return None
+            except _REFUSED:
+                raise self._not_listening() from None
             except OSError:
                 continue
             if tuple(sender[:2]) != self.addr[:2]:
