@@ -270,6 +270,21 @@ def test_token_file_is_private_and_required(daemon: Daemon, short_wav: Path) -> 
     assert "dsp" in pong["model_state"]
 
 
+def test_a_text_with_spans_on_the_dsp_engine_is_noted(daemon: Daemon, short_wav: Path) -> None:
+    """The dsp engine learns its templates from the spans alone: a text sent with them only
+    names the stem, and the manifest's notes say so (in the words `reasam separate` prints)."""
+    from reasam.engines.dsp import text_ignored_note
+
+    args = separate_args("door", short_wav, "The squeaky door", "span", "+0.2:0.6", token=daemon.token)
+    with daemon.client() as client:
+        client.send("/reasam/separate", *args)
+        address, reply = collect(client, final_for("door"), timeout=60)[-1]
+    assert address == "/reasam/done", reply
+    manifest = json.loads(Path(reply[1]).read_text())
+    assert manifest["engine"] == "dsp" and manifest["notes"] == [text_ignored_note("the squeaky door")]
+    assert [s["name"] for s in manifest["stems"]] == ["The squeaky door", "The squeaky door residual"]
+
+
 def test_separate_replies_files_and_status_transitions(daemon: Daemon, home: Path) -> None:
     """accepted → progress → done over OSC; status.json goes queued → running → done and is
     always complete JSON; manifest.json has the protocol's keys and stems that sum to the mix."""

@@ -494,6 +494,15 @@ def _learn_span_model(
     return w[:, :kt], background
 
 
+def text_ignored_note(text: str) -> str:
+    """What a job's manifest `notes` (and `reasam separate` on stderr) say when a text came with
+    spans: the templates are learnt from the spans alone, so the text did not steer the result."""
+    return (
+        f"the text {text!r} only names the stem: the dsp engine separates by the spans alone; "
+        "text and spans together steer only the sam engine (SAM-Audio)"
+    )
+
+
 class DspEngine(Engine):
     """HPSS for drums/harmonic prompts and NMF templates for span prompts; no weights."""
 
@@ -530,7 +539,10 @@ class DspEngine(Engine):
         if any(s.positive for s in prompt.spans):
             target, background = _learn_span_model(prompt.spans, fetch_span, settings, rate, checkpoint)
             negative = tuple(s for s in prompt.spans if not s.positive)
-            return _SpanSeparation(settings, rate, target, background, negative, checkpoint)
+            separation = _SpanSeparation(settings, rate, target, background, negative, checkpoint)
+            if prompt.text:
+                separation.notes = (text_ignored_note(prompt.text),)
+            return separation
         canonical = self.canonical_prompt(prompt.text)
         if canonical is None:
             raise ReasamError(
