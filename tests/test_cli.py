@@ -163,3 +163,148 @@ def test_example_then_separate_like_the_readme(tmp_path: Path) -> None:
     target, residual = (sf.read(p, always_2d=True)[0] for p in proc.stdout.split())
     mix = sf.read(str(tmp_path / "demo.wav"), always_2d=True)[0]
     assert np.abs(target + residual - mix).max() < 1e-4
+
+
+# --- the conventions of demucs, spleeter and audio-separator -------------------------------------
+
+
+def test_several_inputs_template_engine_line_progress_and_a_text_with_spans(tmp_path: Path) -> None:
+    """One real run of several inputs: two `song.wav` from two folders and a missing one. Each
+    good input is its own job (no name collides), the missing one fails alone, the exit code and
+    the last line say so, `--json` is a list, the file-name template names the stems, stderr
+    names the engine once and, not being a terminal, gets progress as lines with the elapsed
+    time. The text given with spans to the dsp engine is said to only name the stem."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _song(tmp_path / "a" / "song.wav", 1.0), _song(tmp_path / "b" / "song.wav", 1.0)
+    missing = tmp_path / "missing.wav"
+    out = tmp_path / "out"
+    proc = reasam(
+        "separate", str(first), str(missing), str(second), "-p", "door", "--span=+0.2:0.6",
+        "--engine", "dsp", "-o", str(out), "--filename", "{track}_{stem}.{ext}", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["input"], r["state"]) for r in rows] == [
+        (str(first), "done"), (str(missing), "error"), (str(second), "done"),
+    ]  # fmt: skip
+    assert rows[1]["code"] == "not_found" and str(missing) in rows[1]["message"]
+    assert [r["job_id"] for r in rows if r["state"] == "done"] == ["song-door", "song-door-2"]
+    for row in (rows[0], rows[2]):
+        folder = out / row["job_id"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "manifest.json", "song_door-residual.wav", "song_door.wav",
+        ]  # fmt: skip
+        assert row["manifest"] == json.loads((folder / "manifest.json").read_text())
+        assert any("only names the stem" in note for note in row["manifest"]["notes"])
+    err = proc.stderr.strip().splitlines()
+    assert err[-1] == f"reasam: 2 of 3 inputs separated; failed: {missing}"
+    assert [line for line in err if "engine:" in line] == ["reasam: engine: dsp (no weights, cpu)"]
+    assert f"reasam: {missing}: not_found: {missing}: no such file" in err
+    assert any(line.startswith(f"reasam: {first}: ") and "elapsed" in line for line in err)
+    notes = [line for line in err if line.startswith("reasam: note: ")]
+    assert len(notes) == 2 and "'door' only names the stem" in notes[0] and "sam" in notes[0]
+
+
+def test_one_input_json_stays_a_manifest_and_quiet_is_quiet(tmp_path: Path, capsys) -> None:
+    from reasam.cli import main
+
+    src = _song(tmp_path / "song.wav", 1.0)
+    assert (
+        main(["separate", str(src), "-p", "drums", "--engine", "dsp", "-o", str(tmp_path), "--json", "-q"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["job_id"] == "song-drums" and captured.err == ""
+
+
+def test_file_name_templates_are_checked(tmp_path: Path, capsys) -> None:
+    from reasam.cli import main
+
+    src = _song(tmp_path / "song.wav", 0.5)
+    out = tmp_path / "out"
+    for template, prompt, says in (
+        ("{track}_{instrument}.{ext}", "drums", "unknown field {instrument}"),
+        ("{stem}/{track}.{ext}", "drums", "path separator or '..'"),
+        ("..{stem}.{ext}", "drums", "path separator or '..'"),
+        ("{track}.{ext}", "drums", "every stem would get the same name"),
+        ("{stem:>8}.{ext}", "drums", "no format spec"),
+        ("{stem}.json", "manifest", "the name 'manifest.json'"),
+        ("{stem.{ext}", "drums", "file-name template"),
+    ):
+        # With a span the dsp engine takes any text, "manifest" too.
+        args = ["separate", str(src), "-p", prompt, "--span=+0.1:0.3", "-o", str(out), "--filename", template]
+        code = main([*args, "--engine", "dsp"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], (template, err)
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+def test_a_device_that_is_not_here_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    import torch
+    from reasam.cli import main
+
+    here = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    absent = [device for device, available in here.items() if not available]
+    assert absent or sys.platform == "darwin", "mps is never here on Linux"
+    src = _song(tmp_path / "song.wav", 0.5)
+    for device in absent:
+        code = main(["separate", str(src), "-p", "drums", "--device", device, "-o", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert f"device {device} is not available here (available: cpu" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_ping_without_a_daemon_answers_at_once(tmp_path: Path) -> None:
+    """Nothing listens on the port: the host's ICMP port unreachable ends the wait at once,
+    where the retries would wait about 20 s into silence."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    proc = reasam("ping", "--port", str(port), "--token-file", str(tmp_path / "none"))
+    took = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    line = _one_line_error(proc)
+    assert (
+        line
+        == f"reasam: nothing listens at 127.0.0.1:{port}: connection refused (is `reasam serve` running?)"
+    )
+    assert took < 5.0, f"{took:.1f} s: the ICMP answer was not used (the retries take ~20 s)"
+
+
+def test_every_option_of_every_subcommand_has_help() -> None:
+    import argparse
+
+    from reasam.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    missing += walk(child, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    parser = build_parser()
+    assert walk(parser, "reasam") == []
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"separate", "send", "batch", "models", "ping"} <= set(commands.choices)
+
+
+def test_error_details_keep_whole_sentences() -> None:
+    from reasam.errors import HARD_LIMIT, detail
+
+    said = " ".join(f"Sentence number {n} says why the request failed." for n in range(40))
+    short = detail(said)
+    assert short.endswith("failed. […]") and short.startswith("Sentence number 0 ")
+    assert short.count("Sentence number") == short.count("says why the request failed.") >= 2
+    assert detail("one line\n  of text") == "one line of text"
+    html = "<html> " + "word " * 1000
+    assert len(detail(html)) <= HARD_LIMIT + 4 and detail(html).endswith("word […]")

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .cli_separate import SEED_HELP
+from .cli_separate import add_parser as _add_separate
 from .errors import NoAnswer, ReasamError
 
 if TYPE_CHECKING:
@@ -37,199 +39,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _float_arg(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-_SEED_HELP = "seed of the model's random draws (SAM-Audio): same seed, same stems; default 0"
-
-
-def _add_separate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "separate",
-        help="separate one file by a text prompt and/or spans",
-        description="Separate INPUT into a target stem named after the prompt and a residual "
-        "stem; with several -p, one target per prompt and a 'rest' stem that together sum to the "
-        "input. A '-' span must be written with '=': --span=-3:4.",
-    )
-    p.add_argument("input", type=Path, help="audio file (wav, flac, ogg, opus, mp3, m4a, …)")
-    p.add_argument(
-        "--prompt",
-        "-p",
-        action="append",
-        default=[],
-        help="what to isolate, e.g. vocals, drums, 'a dog barking'; repeat for a stem set",
-    )
-    p.add_argument(
-        "--span",
-        action="append",
-        default=[],
-        metavar="±S:E",
-        help="+S:E where the target sounds, -S:E where it is absent (source seconds; repeatable)",
-    )
-    p.add_argument("--region", default=None, metavar="S:E", help="part of the file to process (seconds)")
-    p.add_argument("--engine", default="auto", choices=("auto", "sam", "spleeter", "dsp"))
-    p.add_argument("--quality", default="balanced", choices=("fast", "balanced", "best"))
-    p.add_argument("--seed", type=int, default=0, help=_SEED_HELP)
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("reasam-output"),
-        help="output root; stems go into one folder per job inside it (default ./reasam-output)",
-    )
-    p.add_argument("--job-id", default=None, help="name of the job folder (default: from input and prompt)")
-    p.add_argument("--format", default="wav", choices=("wav", "flac", "mp3"))
-    p.add_argument(
-        "--bit-depth",
-        type=int,
-        default=None,
-        choices=(16, 24, 32),
-        help="wav 16/24/32 (32 = float, default), flac 16/24 (default 24)",
-    )
-    p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: the source's)")
-    p.add_argument("--mono", action="store_true", help="write mono stems (default: the source's channels)")
-    p.add_argument(
-        "--stereo",
-        default="mask",
-        choices=("mask", "mono"),
-        help="for mono models (sam): mask = keep the source's stereo image (default), "
-        "mono = the raw model output on every channel",
-    )
-    g = p.add_argument_group("post-processing (off by default; breaks target + residual == input)")
-    g.add_argument("--normalize-peak", type=_float_arg, default=None, metavar="DBFS")
-    g.add_argument("--normalize-lufs", type=_float_arg, default=None, metavar="LUFS")
-    g.add_argument(
-        "--trim-silence",
-        type=_float_arg,
-        default=None,
-        metavar="DB",
-        help="drop leading/trailing audio below DB (dBFS)",
-    )
-    g.add_argument("--gate", type=_float_arg, default=None, metavar="DB", help="noise gate threshold (dBFS)")
-    p.add_argument("--json", action="store_true", help="print manifest.json instead of the stem paths")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_separate)
-
-
-def _cmd_separate(args: argparse.Namespace) -> int:
-    from . import pipeline
-    from .request import OutputOptions, PostProcess, Region, Request, Span
-
-    prompts = args.prompt or [""]
-    request = Request(
-        source=args.input.expanduser().absolute(),
-        prompt=prompts[0],
-        extra_prompts=tuple(prompts[1:]),
-        spans=tuple(Span.parse(s) for s in args.span),
-        region=Region.parse(args.region) if args.region else Region(),
-        quality=args.quality,
-        engine=args.engine,
-        seed=args.seed,
-        output=OutputOptions(
-            format=args.format,
-            bit_depth=args.bit_depth,
-            sample_rate=args.sample_rate,
-            mono=args.mono,
-            stereo=args.stereo,
-            post=PostProcess(
-                peak_dbfs=args.normalize_peak,
-                lufs=args.normalize_lufs,
-                trim_silence_db=args.trim_silence,
-                gate_db=args.gate,
-            ),
-        ),
-    )
-    from .audio import ensure_writable_dir, probe
-
-    probe(request.source)  # a mistyped input must not leave an empty output folder behind
-    root = args.out.expanduser().absolute()
-    ensure_writable_dir(root)
-    named = "stems" if request.is_set else pipeline.slug(request.target_name)
-    job_dir = _new_job_dir(root, args.job_id or f"{pipeline.slug(args.input.stem)}-{named}")
-    bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
-    try:
-        result = pipeline.run(request, job_dir, job_dir.name, progress=bar)
-    except BaseException:
-        _remove_if_empty(job_dir)
-        raise
-    finally:
-        bar.close()
-    for stem in result.stems:
-        if stem.presence and not stem.presence["present"]:
-            sys.stderr.write(
-                f"reasam: warning: {not_found_line(stem.name, stem.presence, args.input.name)}\n"
-            )
-    if args.json:
-        print(json.dumps(result.manifest, indent=2))
-    else:
-        for stem in result.stems:
-            print(stem.path)
-    return EXIT_OK
-
-
-def not_found_line(prompt: str, presence: dict[str, Any], source: str) -> str:
-    """The one line that says a prompt's target is near-silent, with its figure."""
-    from .stemsets import PRESENCE_THRESHOLD_DB
-
-    db = presence.get("presence_db")
-    figure = "a silent region" if db is None else f"{db:g} dB against the region"
-    return (
-        f"nothing like {prompt!r} found in {source} ({figure}; the threshold is "
-        f"{PRESENCE_THRESHOLD_DB:g} dB); the stem is written anyway"
-    )
-
-
-def _new_job_dir(root: Path, name: str) -> Path:
-    """A fresh job folder: never reuse one, so earlier results are never touched."""
-    from .pipeline import slug
-
-    base = slug(name)
-    for n in range(1, 10_000):
-        candidate = root / (base if n == 1 else f"{base}-{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise ReasamError("bad_request", f"{root}: cannot create a job folder ({exc.strerror})") from None
-    raise ReasamError("internal", f"{root}: too many job folders named {base}")
-
-
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
-class _ProgressBar:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._last = ""
-
-    def __call__(self, fraction: float, stage: str) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        filled = round(fraction * width)
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {stage:<16}"
-        if line != self._last:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            self._last = line
-
-    def close(self) -> None:
-        if self.enabled and self._last:
-            sys.stderr.write("\n")
-
-
 def _add_engines(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engines", help="list engines, their devices and the prompts they understand")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the engines as a JSON list")
     p.add_argument(
         "--load",
         action="store_true",
@@ -288,7 +100,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     )
     msub = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     p_list = msub.add_parser("list", help="variants, where their weights are and their size")
-    p_list.add_argument("--json", action="store_true")
+    p_list.add_argument("--json", action="store_true", help="print the variants as a JSON list")
     p_list.set_defaults(func=_cmd_models_list)
     p_pull = msub.add_parser(
         "pull", help="download a variant, its T5 text encoder and the judge model into the hub cache"
@@ -357,7 +169,13 @@ def _cmd_models_rm(args: argparse.Namespace) -> int:
 
 def _add_example(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("example", help="write a short generated song to try ReaSAM on")
-    p.add_argument("path", type=Path, nargs="?", default=Path("examples/demo.wav"))
+    p.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        default=Path("examples/demo.wav"),
+        help="where to write it (default examples/demo.wav; an existing file is kept, not rewritten)",
+    )
     p.set_defaults(func=_cmd_example)
 
 
@@ -445,8 +263,12 @@ def _settings_flags(p: argparse.ArgumentParser, serve_flags: bool) -> None:
         )
         p.add_argument("--queue-limit", type=int, default=None, help="queued jobs before 'busy'")
         p.add_argument("--cache-mb", type=int, default=None, help="result cache size in MB (0 = off)")
-        p.add_argument("--log-file", type=Path, default=None)
-        p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+        p.add_argument(
+            "--log-file", type=Path, default=None, help="log file (default <state dir>/logs/reasam.log)"
+        )
+        p.add_argument(
+            "--log-level", default=None, choices=("debug", "info", "warning", "error"), help="default info"
+        )
         p.add_argument(
             "--shutdown-grace",
             type=float,
@@ -561,13 +383,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     prompts = args.prompt or [""]
     for extra in prompts[1:]:
         pairs += ["prompt", extra]
-    show = sys.stderr.isatty() and not args.quiet
+    from .progress import Progress, choose_mode
 
-    def progress(fraction: float, stage: str) -> None:
-        if show:
-            sys.stderr.write(f"\r{job_id}: {fraction * 100:5.1f}% {stage:<16}")
-            sys.stderr.flush()
-
+    progress = Progress(job_id, choose_mode(args.quiet or args.no_wait))
     with _client(args) as client:
         try:
             body, code = send_job(
@@ -584,8 +402,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\nreasam: interrupted; cancel sent for {job_id}\n")
             return 130
         finally:
-            if show:
-                sys.stderr.write("\n")
+            progress.close()
     _print(body)
     return code
 
@@ -642,7 +459,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
         description="`reasam serve --watch DIR` in one word: the daemon with its OSC port, queue and "
         "journal, serving these folders only (the config file's [watch] folders are not added).",
     )
-    p.add_argument("folders", type=Path, nargs="+", metavar="DIR")
+    p.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="watch folders to serve")
     _settings_flags(p, serve_flags=True)
     p.set_defaults(func=_cmd_watch)
 
@@ -653,28 +470,38 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
         "unsupported prompt, unauthorized), 3 no answer, 4 cancelled. "
         "A '-' span must be written with '=': --span=-3:4.",
     )
-    p.add_argument("input", type=Path)
+    p.add_argument("input", type=Path, help="audio file (its absolute path is sent: the daemon reads it)")
     p.add_argument("--prompt", "-p", action="append", default=[], help="repeat for a stem set")
-    p.add_argument("--span", action="append", default=[], metavar="±S:E")
-    p.add_argument("--region", default=None, metavar="S:E")
-    p.add_argument("--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"))
-    p.add_argument("--quality", default=None, choices=("fast", "balanced", "best"))
-    p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
-    p.add_argument("--format", default=None, choices=("wav", "flac", "mp3"))
+    p.add_argument(
+        "--span",
+        action="append",
+        default=[],
+        metavar="±S:E",
+        help="+S:E target here, -S:E absent (repeatable)",
+    )
+    p.add_argument("--region", default=None, metavar="S:E", help="part of the file to process (seconds)")
+    p.add_argument(
+        "--engine", default=None, choices=("auto", "sam", "spleeter", "dsp"), help="default: the daemon's"
+    )
+    p.add_argument(
+        "--quality", default=None, choices=("fast", "balanced", "best"), help="default: the daemon's"
+    )
+    p.add_argument("--seed", type=int, default=None, help=SEED_HELP)
+    p.add_argument("--format", default=None, choices=("wav", "flac", "mp3"), help="stem format (default wav)")
     p.add_argument("--out", type=Path, default=None, help="output root (default: the daemon's)")
     p.add_argument("--job-id", default=None, help="default: <input name>-<random>")
     p.add_argument("--no-wait", action="store_true", help="return once the daemon accepted the job")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_send)
 
     p = sub.add_parser("status", help="the daemon's or one job's status, as JSON", description=_CONTROL_EXITS)
-    p.add_argument("job_id", nargs="?", default=None)
+    p.add_argument("job_id", nargs="?", default=None, help="a job's id (default: the daemon's status)")
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a queued or running job", description=_CONTROL_EXITS)
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id the job was sent with")
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_cancel)
 

@@ -33,9 +33,9 @@ import soundfile as sf
 from . import __version__, audio, engines, postprocess, stemsets
 from .engines.base import Engine, Prompt, SetSeparation
 from .engines.chunking import Crossfader, plan
-from .errors import JobCancelled, ReasamError
+from .errors import JobCancelled, ReasamError, bad_request
 from .postprocess import PostProcessor
-from .request import PostProcess, Request, Span
+from .request import DEFAULT_FILENAME, RESERVED_NAMES, PostProcess, Request, Span
 
 Progress = Callable[[float, str], None]
 # Region ends up to this far past the end of the file are clamped (decoders disagree by a few
@@ -163,26 +163,45 @@ def stem_plan(request: Request, job_dir: Path) -> list[StemPlan]:
     One prompt: `<prompt-slug>.<fmt>` named after the prompt and `<prompt-slug>-residual.<fmt>`
     named "<prompt> residual", as always. A stem set: one `<prompt-slug>.<fmt>` per prompt and
     `rest.<fmt>` named "rest"; slugs that collide ("Drums!" and "drums") get -2, -3, ….
+    A file-name template (OutputOptions.filename) renames the files, never the stems; the
+    names it gives are checked once more here, with the input's name filled in.
     """
-    fmt = request.output.format
     if not request.is_set:
         name = slug(request.target_name)
-        return [
-            StemPlan("target", request.target_name, job_dir / f"{name}.{fmt}"),
-            StemPlan("residual", f"{request.target_name} residual", job_dir / f"{name}-residual.{fmt}"),
+        stems = [
+            ("target", request.target_name, name),
+            ("residual", f"{request.target_name} residual", f"{name}-residual"),
         ]
-    used: set[str] = set()
+    else:
+        used: set[str] = set()
 
-    def unique(base: str) -> str:
-        name, n = base, 1
-        while name in used:
-            n += 1
-            name = f"{base}-{n}"
-        used.add(name)
-        return name
+        def unique(base: str) -> str:
+            name, n = base, 1
+            while name in used:
+                n += 1
+                name = f"{base}-{n}"
+            used.add(name)
+            return name
 
-    plans = [StemPlan("target", text, job_dir / f"{unique(slug(text))}.{fmt}") for text in request.prompts]
-    return [*plans, StemPlan("residual", "rest", job_dir / f"{unique('rest')}.{fmt}")]
+        stems = [("target", text, unique(slug(text))) for text in request.prompts]
+        stems.append(("residual", "rest", unique("rest")))
+    files = [_file_name(request, stem) for _, _, stem in stems]
+    if len({f.casefold() for f in files}) < len(files):
+        raise bad_request(f"file-name template {request.output.filename!r} gives two stems one name")
+    return [StemPlan(role, name, job_dir / file) for (role, name, _), file in zip(stems, files, strict=True)]
+
+
+def _file_name(request: Request, stem: str) -> str:
+    """A stem's file name: the template's fields filled in (request.check_filename)."""
+    source = request.source
+    name = (request.output.filename or DEFAULT_FILENAME).format(
+        track=source.stem, trackext=source.suffix.lstrip("."), stem=stem, ext=request.output.format
+    )
+    if name in (".", "..") or "/" in name or os.sep in name or name in RESERVED_NAMES:
+        raise bad_request(
+            f"file-name template {request.output.filename!r} gives the stem {stem!r} the name {name!r}"
+        )
+    return name
 
 
 def _no_progress(fraction: float, stage: str) -> None:

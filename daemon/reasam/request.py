@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ MAX_PROMPT_CHARS = 500
 MAX_PROMPTS = 8
 MAX_SPANS = 64
 MAX_SEED = 2**32 - 1
+
+# A stem file-name template (`reasam separate --filename`) names its fields as demucs does:
+# the input's name without its extension, that extension, the stem ("vocals", "vocals-residual",
+# "rest", as the default names them) and the output format's extension.
+FILENAME_FIELDS = ("track", "trackext", "stem", "ext")
+DEFAULT_FILENAME = "{stem}.{ext}"
+# Files of a job folder that no stem may be named: the manifest and the daemon's status file.
+RESERVED_NAMES = ("manifest.json", "status.json")
 
 _NUMBER = r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+"
 _RANGE = re.compile(rf"^\s*({_NUMBER})?\s*:\s*({_NUMBER})?\s*$")
@@ -147,6 +156,33 @@ class PostProcess:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def check_filename(template: str) -> None:
+    """Refuse a stem file-name template that could escape the job folder or give two stems one
+    name: fields other than FILENAME_FIELDS, a path separator, `..`, or no `{stem}` (every stem
+    would get the same name; with `{stem}` the names differ as the stems' names do)."""
+    what = f"file-name template {template!r}"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise bad_request(f"{what}: {exc}; write a literal brace as {{{{ or }}}}") from None
+    fields = [name for _, name, _, _ in parts if name is not None]
+    unknown = [f for f in fields if f not in FILENAME_FIELDS]
+    if unknown:
+        known = ", ".join("{" + f + "}" for f in FILENAME_FIELDS)
+        raise bad_request(f"{what}: unknown field {{{unknown[0]}}}; fields: {known}")
+    if any(spec or conversion for _, name, spec, conversion in parts if name is not None):
+        raise bad_request(
+            f"{what}: fields take no format spec or conversion (write {{stem}}, not {{stem:…}})"
+        )
+    literal = "".join(text for text, _, _, _ in parts)
+    if any(sep in literal for sep in ("/", "\\")) or ".." in literal:
+        raise bad_request(f"{what}: a stem file name cannot hold a path separator or '..'")
+    if template.startswith(".") or any(ord(c) < 32 for c in literal):
+        raise bad_request(f"{what}: a stem file name cannot start with '.' or hold control characters")
+    if "stem" not in fields:
+        raise bad_request(f"{what} has no {{stem}}: every stem would get the same name")
+
+
 @dataclass(frozen=True)
 class OutputOptions:
     """How stems are written. `sample_rate`/`channels` of None keep the source's."""
@@ -159,8 +195,12 @@ class OutputOptions:
     # "mask": a mono model's target becomes a time-frequency mask on every channel (keeps the
     # stereo image); "mono": the raw model output on every channel.
     stereo: str = "mask"
+    # The stem file-name template ("" = DEFAULT_FILENAME): see check_filename.
+    filename: str = ""
 
     def __post_init__(self) -> None:
+        if self.filename:
+            check_filename(self.filename)
         if self.format not in FORMATS:
             raise bad_request(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         allowed = BIT_DEPTHS[self.format]
@@ -270,7 +310,7 @@ class Request:
             "post": self.output.post.as_dict(),
             "seed": self.seed,
             "prompts": list(self.prompts),
-        }
+        } | ({"filename": self.output.filename} if self.output.filename else {})
 
 
 _SPECIAL = ("source", "prompt", "spans", "region", "output")
@@ -285,6 +325,8 @@ def encode_request(request: Request) -> dict[str, Any]:
     """
     output = {f.name: getattr(request.output, f.name) for f in dataclasses.fields(OutputOptions)}
     output["post"] = request.output.post.as_dict()
+    if not output["filename"]:
+        del output["filename"]  # the default names: journal fingerprints and cache keys as before
     data: dict[str, Any] = {
         "source": str(request.source),
         "prompt": request.prompt,

@@ -25,6 +25,7 @@ __all__ = [
     "choose_set",
     "get",
     "names",
+    "use_device",
 ]
 
 # Order is the `auto` preference among embedded engines.
@@ -35,6 +36,9 @@ _FACTORIES: dict[str, str] = {
 }
 _instances: dict[str, Engine] = {}
 _lock = threading.Lock()
+# Engines with weights take a device (`use_device`); dsp computes with numpy on the CPU.
+_WEIGHTED = ("sam", "spleeter")
+_device: str | None = None  # None: each engine's own choice (cuda, then mps for sam, then cpu)
 
 SAM_HINT = (
     "for free-text prompts install SAM-Audio (see README, 'Installing SAM-Audio') "
@@ -56,8 +60,41 @@ def get(name: str) -> Engine:
             import importlib
 
             module = importlib.import_module(module_name)
-            _instances[name] = getattr(module, class_name)()
+            kwargs = {"device": _device} if _device is not None and name in _WEIGHTED else {}
+            _instances[name] = getattr(module, class_name)(**kwargs)
         return _instances[name]
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine has, cpu first."""
+    from .. import models
+
+    return ["cpu", *(d for d in ("cuda", "mps") if _device_error(models, d) is None)]
+
+
+def _device_error(models: object, device: str) -> str | None:
+    try:
+        models.resolve_device(device)  # type: ignore[attr-defined]
+    except ReasamError as exc:
+        return exc.message
+    return None
+
+
+def use_device(device: str) -> None:
+    """Run this process's engines with weights on `device` (cpu, cuda, mps), not on their own
+    choice: `reasam separate --device`. A device this machine lacks is refused (bad_request)
+    before anything loads. Engines already created are dropped, so call it before the first job."""
+    global _device
+    from .. import models
+
+    if _device_error(models, device) is not None:
+        raise bad_request(
+            f"device {device} is not available here (available: {', '.join(available_devices())})"
+        )
+    with _lock:
+        _device = device
+        for name in _WEIGHTED:
+            _instances.pop(name, None)
 
 
 def _usable(name: str) -> Engine | None:

