@@ -17,7 +17,7 @@ Two methods, numpy/scipy only, any sample rate and any channel count:
   bases fixed, the background bases adapting from where they were learnt, and free components
   for sounds never seen, and the soft mask ``T^p / (T^p + B^p)`` is applied. Frames inside a
   ``-`` span get no target at all: the user said it is absent there. The request's text, if
-  any, only names the target.
+  any, only names the target, and the job's manifest `notes` say so (text_ignored_note).
 
 One mask is computed from the channel-mean magnitude and applied to every channel, so the
 target keeps the mix's image and any channel count costs about one channel. Everything is
