@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,58 @@ def test_error_details_keep_whole_sentences() -> None:
     assert detail("one line\n  of text") == "one line of text"
     html = "<html> " + "word " * 1000
     assert len(detail(html)) <= HARD_LIMIT + 4 and detail(html).endswith("word […]")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    """On a real terminal (a pty) tqdm's bar with elapsed and remaining time, redrawn in place;
+    on a pipe one line per whole percent or stage; quiet nothing. The 0 before a job's checks
+    shows nothing, so a refused job's error stays its only line."""
+    import fcntl
+    import io
+    import pty
+    import select
+    import struct
+    import termios
+
+    from reasam.progress import Progress, choose_mode
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    try:
+        with open(slave, "w", closefd=False) as terminal:
+            assert choose_mode(False, terminal) == "bar" and choose_mode(True, terminal) == "off"
+            bar = Progress("song.wav", "bar", terminal, header="reasam: engine: dsp (no weights, cpu)")
+            for fraction, stage in (
+                (0.0, "reading"),
+                (0.02, "preparing"),
+                (0.5, "separating"),
+                (1.0, "done"),
+            ):
+                bar(fraction, stage)
+            bar.close()
+            terminal.flush()
+        chunks = []
+        while select.select([master], [], [], 1.0)[0]:  # all the terminal got (several reads)
+            chunks.append(os.read(master, 65536))
+            if chunks[-1].endswith(b"done]\r\n"):
+                break
+        shown = b"".join(chunks).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert shown.startswith("reasam: engine: dsp (no weights, cpu)\r\n"), shown
+    drawn = shown.split("\n", 1)[1].split("\r")  # redrawn in place
+    assert any(d.startswith("song.wav:  50%|") and d.endswith(", separating]") for d in drawn), shown
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, separating\]", shown), shown  # elapsed<remaining
+
+    pipe = io.StringIO()
+    assert choose_mode(False, pipe) == "lines"
+    lines = Progress("b.mp3", "lines", pipe)
+    for fraction, stage in ((0.0, "reading"), (0.5, "separating"), (0.504, "separating"), (1.0, "done")):
+        lines(fraction, stage)
+    got = pipe.getvalue().splitlines()
+    assert len(got) == 2 and got[0].startswith("reasam: b.mp3:  50% separating, 00:00 elapsed, 00:00 left")
+    assert got[1] == "reasam: b.mp3: 100% done, 00:00 elapsed"
+    quiet = io.StringIO()
+    Progress("c.wav", "off", quiet, header="reasam: engine: …")(0.5, "separating")
+    assert quiet.getvalue() == ""

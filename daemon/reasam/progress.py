@@ -14,7 +14,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:24}| {postfix} [{elapsed}<{remaining}]"
+# tqdm's own layout, `[elapsed<remaining, stage]`; the estimate is tqdm's, from the rate so far.
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:24}| [{elapsed}<{remaining}{postfix}]"
 
 
 def choose_mode(quiet: bool, stream: TextIO | None = None) -> str:
@@ -59,8 +60,11 @@ class Progress:
             )
         percent = min(max(fraction, 0.0), 1.0) * 100
         if self._bar is not None:
+            # Set and drawn at once: a job reports a handful of times, and tqdm's update() would
+            # hold back draws closer than its minimum interval or count.
+            self._bar.n = percent
             self._bar.set_postfix_str(stage, refresh=False)
-            self._bar.update(percent - self._bar.n)
+            self._bar.refresh()
             return
         if self.mode != "lines" or self._last == (int(percent), stage):
             return
