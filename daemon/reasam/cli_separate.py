@@ -212,8 +212,8 @@ def run(args: argparse.Namespace) -> int:
     failures: list[ReasamError] = []
     for source in inputs:
         this = dataclasses.replace(request, source=source.expanduser().absolute())
+        progress = Progress(str(source), mode, header=header)
         try:
-            progress = Progress(str(source), mode, header=header)
             result = _one(args, this, root, progress, prefix=f"{source}: " if several else "")
         except Exception as exc:
             header = progress.header  # not shown yet: the next input shows it
