@@ -645,21 +645,26 @@ def test_send_cli_outcomes(daemon: Daemon, short_wav: Path) -> None:
     ping = daemon.cli("ping")
     assert ping.returncode == 0 and json.loads(ping.stdout)["version"]
 
-    def ping_nobody(*flags: str) -> subprocess.CompletedProcess:
+    def ping_nobody(port: int, *flags: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [PYTHON, "-m", "reasam.cli", "ping", "--port", "9", *flags],
+            [PYTHON, "-m", "reasam.cli", "ping", "--port", str(port), *flags],
             env=clean_env(daemon.home),
             capture_output=True,
             text=True,
             timeout=30,
         )
 
-    nobody = ping_nobody("--retries", "2")
-    assert nobody.returncode == 3 and "no answer" in nobody.stderr
-    # --timeout caps the retries (6 doubling retries alone would wait ~19 s): scripts rely on it.
-    started = time.monotonic()
-    quick = ping_nobody("--timeout", "1")
-    assert quick.returncode == 3 and time.monotonic() - started < 10
+    refused = ping_nobody(9)  # nothing listens: the host says so, no retries needed
+    assert refused.returncode == 3 and "nothing listens at 127.0.0.1:9: connection refused" in refused.stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        nobody = ping_nobody(port, "--retries", "2")
+        assert nobody.returncode == 3 and "no answer" in nobody.stderr
+        # --timeout caps the retries (6 doubling retries alone would wait ~19 s): scripts rely on it.
+        started = time.monotonic()
+        quick = ping_nobody(port, "--timeout", "1")
+        assert quick.returncode == 3 and time.monotonic() - started < 10
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,10 +91,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument(
-        "--out",
         "-o",
+        "--out",
         type=Path,
         default=Path("reasam-output"),
+        metavar="DIR",
         help="output root; stems go into one folder per job inside it (default ./reasam-output)",
     )
     p.add_argument(
