@@ -67,14 +67,15 @@ def get(name: str) -> Engine:
 
 def available_devices() -> list[str]:
     """The torch devices this machine has, cpu first."""
+    return ["cpu", *(d for d in ("cuda", "mps") if _device_error(d) is None)]
+
+
+def _device_error(device: str) -> str | None:
+    """Why `device` cannot be used here (models.resolve_device's line), or None."""
     from .. import models
 
-    return ["cpu", *(d for d in ("cuda", "mps") if _device_error(models, d) is None)]
-
-
-def _device_error(models: object, device: str) -> str | None:
     try:
-        models.resolve_device(device)  # type: ignore[attr-defined]
+        models.resolve_device(device)
     except ReasamError as exc:
         return exc.message
     return None
@@ -85,9 +86,7 @@ def use_device(device: str) -> None:
     choice: `reasam separate --device`. A device this machine lacks is refused (bad_request)
     before anything loads. Engines already created are dropped, so call it before the first job."""
     global _device
-    from .. import models
-
-    if _device_error(models, device) is not None:
+    if _device_error(device) is not None:
         raise bad_request(
             f"device {device} is not available here (available: {', '.join(available_devices())})"
         )
