@@ -221,6 +221,11 @@ def test_one_input_json_stays_a_manifest_and_quiet_is_quiet(tmp_path: Path, caps
     )
     captured = capsys.readouterr()
     assert json.loads(captured.out)["job_id"] == "song-drums" and captured.err == ""
+    # --job-id names one job: with two inputs it is refused before anything is read.
+    assert (
+        main(["separate", str(src), str(src), "-p", "drums", "--job-id", "x", "-o", str(tmp_path / "o")]) == 2
+    )
+    assert "--job-id names one job" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_file_name_templates_are_checked(tmp_path: Path, capsys) -> None:
