@@ -573,6 +573,10 @@ class JobManager:
                 raise ReasamError("busy", f"the queue is full ({self.queue_limit} jobs waiting); retry later")
         # Checks that touch the disk or load engine code run outside the lock.
         _check_source(request.source)
+        if self._ready is not None:
+            # Choosing the device imports engine code: not beside the warm-up thread's first
+            # import of it (scipy's submodules, imported from two threads at once, fail).
+            self._ready.wait()
         device = self._device_of(request)
         audio.ensure_writable_dir(out_root)
         job = Job(job_id, request, out_root, Priority(priority), fp, device, origin)
