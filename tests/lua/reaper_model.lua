@@ -32,7 +32,7 @@ M.OPTIONAL = {
   ImGui_CreateContext = true, ImGui_Begin = true, ImGui_SetNextWindowSize = true, ImGui_Cond_FirstUseEver = true,
   ImGui_Text = true, ImGui_ProgressBar = true, ImGui_Button = true, ImGui_IsKeyPressed = true,
   ImGui_Key_Escape = true, ImGui_End = true, PCM_Source_BuildPeaks = true, ImGui_Checkbox = true,
-  ImGui_InputText = true,
+  ImGui_InputText = true, ImGui_GetBuiltinPath = true, CF_ShellExecute = true,
 }
 
 function M.new(opts)
@@ -671,33 +671,144 @@ function M.new(opts)
   model.frame_text = {}
 
   -- ReaImGui (only when asked for) ----------------------------------------------------------------
+  -- The pinned API the scripts load as ReaImGui documents it (shims/imgui.lua of
+  -- github.com/cfillion/reaimgui):
+  --   package.path = reaper.ImGui_GetBuiltinPath() .. '/?.lua'; local ImGui = require 'imgui' '0.9'
+  -- The table has the functions without their ImGui_ prefix and the enums as values, and (like the
+  -- real one's metatable) raises on a name it lacks. Signatures and return values follow api/*.cpp
+  -- there: Begin(ctx, name, p_open, flags) -> visible, p_open (End only when visible);
+  -- Button/SmallButton(ctx, label) -> pressed; Checkbox(ctx, label, v) -> changed, v;
+  -- InputText(ctx, label, buf, flags) -> changed, buf; BeginTable(ctx, id, columns, flags) -> bool
+  -- (EndTable only when true); TableNextColumn -> bool; CollapsingHeader(ctx, label, p_visible,
+  -- flags) -> open; ProgressBar(ctx, fraction, w, h, overlay); GetWindowDockID -> int.
+  -- Answers come from the test: model.imgui_clicks[label] = true presses that button once (else a
+  -- button takes "button" from model.imgui_keys, for the one-button windows); imgui_checks and
+  -- imgui_inputs by label; model.imgui_close closes the window; model.imgui_dock is its dock id.
   if model.imgui then
-    R.ImGui_CreateContext = function(label) return { label = label } end
-    R.ImGui_Cond_FirstUseEver = function() return 4 end
-    R.ImGui_SetNextWindowSize = function() end
-    R.ImGui_Begin = function()
+    model.imgui_clicks = {}
+    model.imgui_builtin = model.resource .. "/imgui-builtin"
+    os.execute("mkdir -p '" .. model.imgui_builtin .. "'")
+    local f = assert(io.open(model.imgui_builtin .. "/imgui.lua", "w"))
+    f:write("-- The REAPER model's stand-in for ReaImGui's shims/imgui.lua.\n",
+      "return function(api_version) return reaper.ImGui__model(api_version) end\n")
+    f:close()
+    local im = {}
+    local depth = { window = 0, table = 0 }
+    local function text(s) model.imgui_text[#model.imgui_text + 1] = tostring(s) end
+    local function clicked(label)
+      if model.imgui_clicks[label] then
+        model.imgui_clicks[label] = nil
+        return true
+      end
+      if model.imgui_keys[1] == "button" then return table.remove(model.imgui_keys, 1) == "button" end
+      return false
+    end
+    im.CreateContext = function(label, flags)
+      assert(type(label) == "string", "CreateContext(label, config_flags)")
+      return { label = label, flags = flags }
+    end
+    im.Cond_FirstUseEver = function() return 4 end
+    im.Cond_Once = function() return 2 end
+    im.Key_Escape = function() return 512 + 14 end
+    im.TableFlags_Borders = function() return 1920 end
+    im.TableFlags_RowBg = function() return 64 end
+    im.TableFlags_Resizable = function() return 1 end
+    im.TableFlags_ScrollY = function() return 33554432 end
+    im.TableColumnFlags_WidthStretch = function() return 8 end
+    im.TableColumnFlags_WidthFixed = function() return 16 end
+    im.WindowFlags_None = function() return 0 end
+    im.SetNextWindowSize = function(ctx, w, h) assert(ctx and w and h, "SetNextWindowSize(ctx, w, h, cond)") end
+    im.SetNextWindowDockID = function(ctx, id)
+      assert(ctx and math.type(id) == "integer", "SetNextWindowDockID(ctx, dock_id, cond)")
+      model.imgui_next_dock = id
+    end
+    im.Begin = function(ctx, name, p_open)
+      assert(ctx and type(name) == "string", "Begin(ctx, name, p_open, flags)")
+      if depth.window ~= 0 then error("Begin: the previous window was not ended") end
       model.imgui_frames = model.imgui_frames + 1
       model.imgui_text = {}
-      return true, true
+      model.imgui_window = name
+      if model.imgui_next_dock then model.imgui_dock, model.imgui_next_dock = model.imgui_next_dock, nil end
+      depth.window = 1
+      local open = p_open
+      if p_open and model.imgui_close then
+        model.imgui_close = nil
+        open = false
+      end
+      return true, open
     end
-    R.ImGui_Text = function(_, s) model.imgui_text[#model.imgui_text + 1] = s end
-    R.ImGui_ProgressBar = function(_, _, _, _, overlay) model.imgui_text[#model.imgui_text + 1] = overlay end
-    R.ImGui_Button = function() return table.remove(model.imgui_keys, 1) == "button" end
-    R.ImGui_Key_Escape = function() return 27 end
-    R.ImGui_IsKeyPressed = function() return table.remove(model.imgui_keys, 1) == "esc" end
-    R.ImGui_End = function() end
+    im.End = function()
+      if depth.window ~= 1 then error("End without a visible Begin") end
+      if depth.table ~= 0 then error("End inside a table") end
+      depth.window = 0
+    end
+    im.GetWindowDockID = function() return model.imgui_dock or 0 end
+    im.IsWindowDocked = function() return (model.imgui_dock or 0) ~= 0 end
+    im.Text = function(_, s) text(s) end
+    im.TextWrapped = im.Text
+    im.TextDisabled = im.Text
+    im.SameLine = function() end
+    im.Separator = function() end
+    im.PushID = function() end
+    im.PopID = function() end
+    im.ProgressBar = function(_, fraction, _, _, overlay)
+      assert(type(fraction) == "number", "ProgressBar(ctx, fraction, w, h, overlay)")
+      text(overlay or "")
+    end
+    im.Button = function(_, label)
+      text("[" .. label .. "]")
+      return clicked(label)
+    end
+    im.SmallButton = im.Button
+    im.IsKeyPressed = function(_, key)
+      assert(math.type(key) == "integer", "IsKeyPressed(ctx, key, repeat)")
+      if model.imgui_keys[1] == "esc" then return table.remove(model.imgui_keys, 1) == "esc" end
+      return false
+    end
+    im.CollapsingHeader = function(_, label)
+      text("> " .. label)
+      return (model.imgui_headers or {})[label] == true
+    end
+    im.BeginTable = function(_, id, columns)
+      assert(type(id) == "string" and math.type(columns) == "integer", "BeginTable(ctx, str_id, columns, flags)")
+      depth.table = depth.table + 1
+      return true
+    end
+    im.EndTable = function()
+      if depth.table < 1 then error("EndTable without BeginTable") end
+      depth.table = depth.table - 1
+    end
+    im.TableSetupColumn = function(_, label) assert(type(label) == "string") end
+    im.TableHeadersRow = function() end
+    im.TableNextRow = function() end
+    im.TableNextColumn = function() return true end
     -- Checkbox and InputText answer from model.imgui_checks / model.imgui_inputs (by label), once.
-    R.ImGui_Checkbox = function(_, label, v)
+    im.Checkbox = function(_, label, v)
+      assert(type(v) == "boolean", "Checkbox(ctx, label, v)")
       local want = model.imgui_checks[label]
       if want == nil or want == v then return false, v end
       model.imgui_checks[label] = nil
       return true, want
     end
-    R.ImGui_InputText = function(_, label, text)
+    im.InputText = function(_, label, buf)
+      assert(type(buf) == "string", "InputText(ctx, label, buf, flags)")
       local want = model.imgui_inputs[label]
-      if want == nil then return false, text end
+      if want == nil then return false, buf end
       model.imgui_inputs[label] = nil
       return true, want
+    end
+    R.ImGui_GetBuiltinPath = function() return model.imgui_builtin end
+    R.ImGui__model = function(api_version)
+      if api_version ~= "0.9" and api_version ~= "0.10" then
+        error("ImGui: API version " .. tostring(api_version) .. " is not available", 2)
+      end
+      local out = {}
+      for name, fn in pairs(im) do
+        out[name] = name:find("_", 1, true) and fn() or fn -- enums (Key_Escape) are values
+      end
+      return setmetatable(out, { __index = function(_, key)
+        error(("attempt to access a nil value (field '%s')"):format(key), 2)
+      end })
     end
   end
 
@@ -753,7 +864,8 @@ function M.new(opts)
         return require(name)
       end
       local file = package.searchpath(name, pkg.path)
-      if file and file:find("reaper_scripts", 1, true) then
+      local builtin = model.imgui_builtin and file and file:sub(1, #model.imgui_builtin) == model.imgui_builtin
+      if file and (file:find("reaper_scripts", 1, true) or builtin) then
         local chunk = assert(loadfile(file, "t", env))
         local value = chunk(name)
         if value == nil then value = true end

@@ -7,6 +7,7 @@
 local reaper = reaper
 local util = require("util")
 local settings = require("settings")
+local reaimgui = require("reaimgui")
 
 local stems = {}
 
@@ -105,25 +106,25 @@ end
 
 -- The ReaImGui checklist, one frame per defer tick; calls done(prompts) or done(nil) once.
 local function ask_imgui(done)
-  local r = reaper
+  local ImGui = reaimgui.load()
   local ticked, extra = remembered()
   local extra_text = table.concat(extra, ", ")
-  local ctx = r.ImGui_CreateContext("ReaSAM stems")
+  local ctx = ImGui.CreateContext("ReaSAM stems")
   local function frame()
     local result
-    local visible, open = r.ImGui_Begin(ctx, "ReaSAM: which stems?", true)
+    local visible, open = ImGui.Begin(ctx, "ReaSAM: which stems?", true)
     if visible then
       for _, c in ipairs(stems.CHOICES) do
-        local _, v = r.ImGui_Checkbox(ctx, c, ticked[c] == true)
+        local _, v = ImGui.Checkbox(ctx, c, ticked[c] == true)
         ticked[c] = v
       end
-      local _, text = r.ImGui_InputText(ctx, "also (comma-separated)", extra_text)
+      local _, text = ImGui.InputText(ctx, "also (comma-separated)", extra_text)
       extra_text = text
-      if r.ImGui_Button(ctx, "Separate") then result = "ok" end
-      if r.ImGui_IsKeyPressed and r.ImGui_Key_Escape and r.ImGui_IsKeyPressed(ctx, r.ImGui_Key_Escape()) then
+      if ImGui.Button(ctx, "Separate") then result = "ok" end
+      if ImGui.IsKeyPressed(ctx, ImGui.Key_Escape) then
         result = "cancel"
       end
-      r.ImGui_End(ctx)
+      ImGui.End(ctx)
     end
     if open == false then result = "cancel" end
     if result == "ok" then
@@ -131,7 +132,7 @@ local function ask_imgui(done)
     elseif result == "cancel" then
       done(nil)
     else
-      r.defer(frame)
+      reaper.defer(frame)
     end
   end
   frame()
@@ -144,7 +145,7 @@ function stems.ask(done)
     if prompts and #prompts > 0 then settings.remember_stems(prompts) end
     done(prompts)
   end
-  if reaper.ImGui_CreateContext and reaper.ImGui_Checkbox and reaper.ImGui_InputText then
+  if reaimgui.available() then
     ask_imgui(finish)
   else
     finish(ask_dialog())

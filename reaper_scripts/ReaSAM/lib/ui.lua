@@ -6,11 +6,12 @@
 local reaper = reaper
 local gfx = gfx
 local settings = require("settings")
+local reaimgui = require("reaimgui")
 
 local ui = {}
 
 local function has_imgui()
-  return reaper.ImGui_CreateContext ~= nil and reaper.ImGui_Begin ~= nil
+  return reaimgui.available()
 end
 
 function ui.kind()
@@ -30,31 +31,29 @@ local ImView = {}
 ImView.__index = ImView
 
 function ImView:update(rows, footer)
-  local r = reaper
+  local ImGui = reaimgui.load()
   if not self.ctx then
-    self.ctx = r.ImGui_CreateContext(self.title)
+    self.ctx = ImGui.CreateContext(self.title)
   end
   local ctx = self.ctx
   local result
-  if r.ImGui_SetNextWindowSize then
-    r.ImGui_SetNextWindowSize(ctx, 460, 60 + 46 * #rows, r.ImGui_Cond_FirstUseEver and r.ImGui_Cond_FirstUseEver() or 0)
-  end
-  local visible, open = r.ImGui_Begin(ctx, self.title, true)
+  ImGui.SetNextWindowSize(ctx, 460, 60 + 46 * #rows, ImGui.Cond_FirstUseEver)
+  local visible, open = ImGui.Begin(ctx, self.title, true)
   if visible then
     for _, row in ipairs(rows) do
-      r.ImGui_Text(ctx, row.text)
+      ImGui.Text(ctx, row.text)
       if row.fraction then
-        r.ImGui_ProgressBar(ctx, row.fraction, -1, 0, row.state or "")
+        ImGui.ProgressBar(ctx, row.fraction, -1, 0, row.state or "")
       elseif row.state then
-        r.ImGui_Text(ctx, "  " .. row.state)
+        ImGui.Text(ctx, "  " .. row.state)
       end
     end
-    if footer and footer ~= "" then r.ImGui_Text(ctx, footer) end
-    if r.ImGui_Button(ctx, "Cancel (Esc)") then result = "cancel" end
-    if r.ImGui_IsKeyPressed and r.ImGui_Key_Escape and r.ImGui_IsKeyPressed(ctx, r.ImGui_Key_Escape()) then
+    if footer and footer ~= "" then ImGui.Text(ctx, footer) end
+    if ImGui.Button(ctx, "Cancel (Esc)") then result = "cancel" end
+    if ImGui.IsKeyPressed(ctx, ImGui.Key_Escape) then
       result = "cancel"
     end
-    r.ImGui_End(ctx)
+    ImGui.End(ctx)
   end
   if open == false then result = "cancel" end
   return result
