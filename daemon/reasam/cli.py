@@ -429,6 +429,12 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_stop(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.shutdown())
+    return EXIT_OK
+
+
 def _cmd_install_service(args: argparse.Namespace) -> int:
     from . import config
 
@@ -512,6 +518,14 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     )
     _settings_flags(p, serve_flags=False)
     p.set_defaults(func=_cmd_ping)
+
+    p = sub.add_parser(
+        "stop",
+        help="stop the daemon (a running job finishes or is journaled for the next start)",
+        description=_CONTROL_EXITS,
+    )
+    _settings_flags(p, serve_flags=False)
+    p.set_defaults(func=_cmd_stop)
 
     p = sub.add_parser(
         "install-service", help="run the daemon at login (systemd user unit, launchd, Windows)"

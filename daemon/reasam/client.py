@@ -157,6 +157,17 @@ class Client:
         body, code = _result(job_id, address, reply)
         return body, EXIT_OK if code == EXIT_CANCELLED else code
 
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the daemon to stop (`/reasam/shutdown`); it answers before it stops."""
+        address, args = self.request(
+            "/reasam/shutdown",
+            self.auth(),
+            lambda a, x: a == "/reasam/stopping" or (a == "/reasam/error" and x[:1] == [""]),
+        )
+        if address == "/reasam/error":
+            raise _reply_error(args)
+        return {"state": "stopping", **dict(zip(("running", "queued"), args, strict=False))}
+
     def status(self, job_id: str | None = None) -> dict[str, Any]:
         args = ([job_id] if job_id else []) + self.auth()
         want = job_id or ""

@@ -56,6 +56,7 @@ PROGRESS_INTERVAL = 0.2
 INTERRUPT_WAIT = 30.0
 # Finished jobs stay in the journal (for idempotent retries and `status`) this long.
 RETENTION_SECONDS = 30 * 24 * 3600
+RECENT_MESSAGE_CHARS = 200  # a job list shows the start of an error message; status.json has it all
 # A job that was running this many times when the daemon died (a crash, a kill, a hang ended by
 # a kill) is failed at the next start instead of being run again for ever. Runs that a normal
 # stop interrupted do not count (`_requeue_for_restart`).
@@ -182,6 +183,11 @@ class Journal:
             return self._db.execute(
                 "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
             ).fetchall()
+
+    def latest(self, limit: int) -> list[sqlite3.Row]:
+        """The newest `limit` jobs, newest first."""
+        with self._lock:
+            return self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -705,6 +711,49 @@ class JobManager:
             "jobs": self.journal.counts(),
             "cache": self.cache.summary() if self.cache is not None else None,
         }
+
+    def recent(self, limit: int = 30, max_bytes: int = 6000) -> list[dict[str, Any]]:
+        """The newest jobs, newest first, for a job list (the REAPER panel's `recent` key of
+        `/reasam/status`): what each is, where its files go, and the times a client needs for an
+        estimate of the time left (started plus fraction). Messages are cut short and the list
+        is cut where its compact JSON would pass `max_bytes`, so the reply fits one datagram."""
+        rows = self.journal.latest(limit)
+        with self._cond:
+            live = {row["job_id"]: self._jobs.get(row["job_id"]) for row in rows}
+            snapshots = {k: (j.status(), j.created, j.timing.get("wait")) for k, j in live.items() if j}
+        out: list[dict[str, Any]] = []
+        used = 2  # the brackets
+        for row in rows:
+            job_id, state = row["job_id"], row["state"]
+            snap = snapshots.get(job_id)
+            status = snap[0] if snap else _status_from_row(row)
+            request = json.loads(row["request"])
+            started = None
+            if snap and status["state"] == "running" and snap[2] is not None:
+                started = round(snap[1] + snap[2], 3)
+            message = str(status["message"])
+            if len(message) > RECENT_MESSAGE_CHARS:
+                message = message[: RECENT_MESSAGE_CHARS - 1] + "…"
+            entry = {
+                "id": job_id,
+                "state": status["state"],
+                "fraction": status["fraction"],
+                "stage": status["stage"],
+                "message": message,
+                "code": status["code"],
+                "out": str(Path(row["out_root"]) / job_id),
+                "prompt": ", ".join([request.get("prompt", ""), *request.get("extra_prompts", [])]),
+                "source": Path(request.get("source", "")).name,
+                "submitted": round(row["created"], 3),
+                "started": started,
+                "finished": round(row["updated"], 3) if state in ("done", "error", "cancelled") else None,
+            }
+            size = len(json.dumps(entry, separators=(",", ":"))) + 1
+            if used + size > max_bytes:
+                break
+            used += size
+            out.append(entry)
+        return out
 
     def idle(self) -> bool:
         with self._cond:

@@ -45,6 +45,7 @@ MAX_MESSAGES_PER_PACKET = 64
 MAX_PATH_CHARS = 4096
 MAX_VALUE_CHARS = 4096
 MAX_MESSAGE_CHARS = 1000  # error messages are cut here so a reply always fits a datagram
+MAX_STATUS_REPLY = 8192  # LuaSocket's default receive size: any LuaSocket client gets it whole
 MAX_READABLE_JOB_ID = 256  # a longer "job id" is not echoed back: it is treated as unreadable
 SEPARATE_KEYS = (
     "region", "span", "quality", "engine", "out", "format", "reply_port", "token", "seed", "prompt",
@@ -337,6 +338,20 @@ class ModelBridge:
             self._engine_names = self._usable(engines)
         return list(self._engine_names)
 
+    def keep_alive_left(self) -> float | None:
+        """Seconds until an idle loaded model is unloaded; None when none is loaded and idle (or
+        the keep-alive is "never")."""
+        from . import engines
+
+        for name in self.engine_names():
+            manager = getattr(engines.get(name), "manager", None)
+            with contextlib.suppress(Exception):
+                st = manager.state() if manager is not None else {}
+                idle, keep = st.get("idle_seconds"), st.get("keep_alive_minutes", -1)
+                if idle is not None and keep >= 0:
+                    return round(max(0.0, keep * 60 - idle), 1)
+        return None
+
     def state(self) -> tuple[str, str]:
         """(device, model_state) for the pong: the devices of usable engines, and per engine
         whether its model is loaded ("sam <state_line>; spleeter loaded; dsp ready")."""
@@ -398,6 +413,7 @@ class Server:
         self.dispatcher.map("/reasam/cancel", self._on_cancel, needs_reply_address=True)
         self.dispatcher.map("/reasam/status", self._on_status, needs_reply_address=True)
         self.dispatcher.map("/reasam/ping", self._on_ping, needs_reply_address=True)
+        self.dispatcher.map("/reasam/shutdown", self._on_shutdown, needs_reply_address=True)
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -706,12 +722,34 @@ class Server:
                 )
                 for hook in self.status_hooks:
                     body.update(hook())
+                # Additions for job lists (the REAPER panel): the newest jobs in what room is left.
+                body.update(
+                    keep_alive=self.bridge.keep_alive,
+                    keep_alive_left=self.bridge.keep_alive_left(),
+                    log_file=str(self.settings.resolved_log_file),
+                    pid=os.getpid(),
+                )
+                room = MAX_STATUS_REPLY - len(json.dumps(body, separators=(",", ":"))) - 64
+                body["recent"] = self.manager.recent(max_bytes=max(0, room))
             self.send(reply_to, "/reasam/status", json.dumps(body, separators=(",", ":")))
         except ReasamError as exc:
             self._error(getattr(exc, "reply_to", reply_to), job_id, exc.code, exc.message)
         except Exception as exc:
             log.exception("status failed")
             self._error(reply_to, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _on_shutdown(self, client: Address, address: str, *args: Any) -> None:
+        """Stop the daemon as SIGTERM does (a running job finishes within the grace or is
+        journaled for the next start), after answering `/reasam/stopping i:running i:queued`."""
+        reply_to = client
+        try:
+            reply_to = self._control(client, args)
+            overview = self.manager.overview()
+            log.info("stopping: asked over OSC by %s:%d", client[0], client[1])
+            self.send(reply_to, "/reasam/stopping", len(overview["running"]), int(overview["queued"]))
+            self.stop()
+        except ReasamError as exc:
+            self._error(getattr(exc, "reply_to", reply_to), "", exc.code, exc.message)
 
     def _on_ping(self, client: Address, address: str, *args: Any) -> None:
         reply_to = client
