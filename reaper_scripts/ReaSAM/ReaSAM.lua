@@ -25,6 +25,8 @@
 --     setting) separates only the part of each item inside the time selection.
 --   - Settings (port, output folder, engine, quality, folder, mute, where stems go, region):
 --     "ReaSAM: status and settings".
+--   - "ReaSAM: job panel": a dockable window with every job of the daemon (cancel, import again,
+--     show in folder), the daemon's state with start/stop and its log, and the settings.
 -- @provides
 --   [main] Separate selection - vocals.lua
 --   [main] Separate selection - drums.lua
@@ -37,6 +39,7 @@
 --   [main] Separate time selection - vocals.lua
 --   [main] ReaSAM - cancel jobs.lua
 --   [main] ReaSAM - status and settings.lua
+--   [main] ReaSAM - job panel.lua
 --   [nomain] lib/*.lua
 --
 -- This file only carries the ReaPack package metadata; it is not an action.

@@ -144,11 +144,13 @@ function M.new(opts)
   -- spec: { position, length, file | source, startoffs, playrate, loop, selected, midi, name,
   --         section = {offset, length}, reversed, stretch_markers }
   function model.add_item(tr, spec)
-    local item = { kind = "item", track = tr, takes = {}, info = {}, selected = spec.selected ~= false }
+    model.guid = model.guid + 1
+    local item = { kind = "item", track = tr, takes = {}, info = {}, selected = spec.selected ~= false,
+      guid = string.format("{00000000-0000-0000-0001-%012d}", model.guid) }
     for k, v in pairs(ITEM_KEYS) do item.info[k] = v end
     item.info.D_POSITION = spec.position or 0
     local take = { kind = "take", item = item, info = {}, ext = {}, name = spec.name or "",
-      stretch = spec.stretch_markers or 0 }
+      stretch = spec.stretch_markers or 0, guid = string.format("{00000000-0000-0000-0002-%012d}", model.guid) }
     for k, v in pairs(TAKE_KEYS) do take.info[k] = v end
     take.info.D_STARTOFFS = spec.startoffs or 0
     take.info.D_PLAYRATE = spec.playrate or 1
@@ -324,6 +326,22 @@ function M.new(opts)
     return string_attr(take, key, value, set, "name")
   end
   R.GetTrackGUID = function(tr) return tr.guid end
+  -- GetSetMediaItemInfo_String(item, parmname, value, set) -> ok, value (only GUID is modelled).
+  R.GetSetMediaItemInfo_String = function(item, key, _, set)
+    assert(item and item.kind == "item", "GetSetMediaItemInfo_String: not an item")
+    if key ~= "GUID" or set then error("GetSetMediaItemInfo_String: the model reads GUID only", 2) end
+    return true, item.guid
+  end
+  R.GetMediaItem = function(_, idx)
+    local n = 0
+    for _, tr in ipairs(model.tracks) do
+      for _, it in ipairs(tr.items) do
+        if n == idx then return it end
+        n = n + 1
+      end
+    end
+    return nil
+  end
 
   -- Editing ------------------------------------------------------------------------------------
   R.InsertTrackAtIndex = function(idx, _)
@@ -337,7 +355,9 @@ function M.new(opts)
   end
   R.AddMediaItemToTrack = function(tr)
     assert(tr and tr.kind == "track" and alive_track(tr), "AddMediaItemToTrack: not a track")
-    local item = { kind = "item", track = tr, takes = {}, info = {}, selected = false }
+    model.guid = model.guid + 1
+    local item = { kind = "item", track = tr, takes = {}, info = {}, selected = false,
+      guid = string.format("{00000000-0000-0000-0001-%012d}", model.guid) }
     for k, v in pairs(ITEM_KEYS) do item.info[k] = v end
     tr.items[#tr.items + 1] = item
     model.items_added = model.items_added + 1
@@ -361,7 +381,9 @@ function M.new(opts)
     return false
   end
   R.AddTakeToMediaItem = function(item)
-    local take = { kind = "take", item = item, info = {}, ext = {}, name = "", stretch = 0 }
+    model.guid = model.guid + 1
+    local take = { kind = "take", item = item, info = {}, ext = {}, name = "", stretch = 0,
+      guid = string.format("{00000000-0000-0000-0002-%012d}", model.guid) }
     for k, v in pairs(TAKE_KEYS) do take.info[k] = v end
     item.takes[#item.takes + 1] = take
     item.active = item.active or take
@@ -591,6 +613,27 @@ function M.new(opts)
   R.HasExtState = function(section, key) return model.ext[ek(section, key)] ~= nil end
   R.DeleteExtState = function(section, key) model.ext[ek(section, key)] = nil end
   function model.set_setting(key, value) R.SetExtState("ReaSAM", key, tostring(value), true) end
+  -- Project ExtState (saved with the project): SetProjExtState(proj, section, key, value) with an
+  -- empty value deletes the key; GetProjExtState -> size, value; EnumProjExtState -> ok, key, value.
+  model.proj_ext = {}
+  R.SetProjExtState = function(_, section, key, value)
+    assert(type(value) == "string", "SetProjExtState needs a string value")
+    model.proj_ext[section] = model.proj_ext[section] or {}
+    model.proj_ext[section][key] = value ~= "" and value or nil
+    return #value
+  end
+  R.GetProjExtState = function(_, section, key)
+    local v = (model.proj_ext[section] or {})[key] or ""
+    return #v, v
+  end
+  R.EnumProjExtState = function(_, section, idx)
+    local keys = {}
+    for k in pairs(model.proj_ext[section] or {}) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local k = keys[idx + 1]
+    if not k then return false, "", "" end
+    return true, k, model.proj_ext[section][k]
+  end
 
   -- Dialogs and console ------------------------------------------------------------------------
   R.ShowConsoleMsg = function(msg) model.console[#model.console + 1] = msg end
@@ -638,13 +681,23 @@ function M.new(opts)
   end
 
   -- gfx ----------------------------------------------------------------------------------------
-  local gfx = { w = 0, h = 0, x = 0, y = 0 }
+  -- Mouse: model.gfx_clicks = { { x, y }, ... }: each press shows in gfx.mouse_x/y/cap at one
+  -- gfx.getchar call and is released at the next; a test scrolls by setting gfx.mouse_wheel
+  -- (REAPER adds 120 per notch up; the script resets it). gfx.dock(v) sets the dock state, (-1) reads it.
+  local gfx = { w = 0, h = 0, x = 0, y = 0, mouse_x = 0, mouse_y = 0, mouse_cap = 0, mouse_wheel = 0 }
   model.gfx = gfx
-  function gfx.init(name, w, h)
+  model.gfx_clicks = {}
+  model.gfx_dock = 0
+  function gfx.init(name, w, h, dock)
     model.gfx_open = true
     model.gfx_title = name
+    model.gfx_dock = dock or 0
     gfx.w, gfx.h = w or 0, h or 0
     return 1
+  end
+  function gfx.dock(v)
+    if v ~= -1 then model.gfx_dock = v end
+    return model.gfx_dock
   end
   function gfx.quit() model.gfx_open = false end
   function gfx.set() end
@@ -658,6 +711,12 @@ function M.new(opts)
   end
   function gfx.getchar()
     if not model.gfx_open then return -1 end
+    if gfx.mouse_cap ~= 0 then
+      gfx.mouse_cap = 0
+    elseif #model.gfx_clicks > 0 then
+      local click = table.remove(model.gfx_clicks, 1)
+      gfx.mouse_x, gfx.mouse_y, gfx.mouse_cap = click[1], click[2], 1
+    end
     local k = table.remove(model.gfx_keys, 1)
     if k == -1 then model.gfx_open = false end
     return k or 0
@@ -717,6 +776,7 @@ function M.new(opts)
     im.TableColumnFlags_WidthStretch = function() return 8 end
     im.TableColumnFlags_WidthFixed = function() return 16 end
     im.WindowFlags_None = function() return 0 end
+    im.InputTextFlags_EnterReturnsTrue = function() return 32 end
     im.SetNextWindowSize = function(ctx, w, h) assert(ctx and w and h, "SetNextWindowSize(ctx, w, h, cond)") end
     im.SetNextWindowDockID = function(ctx, id)
       assert(ctx and math.type(id) == "integer", "SetNextWindowDockID(ctx, dock_id, cond)")

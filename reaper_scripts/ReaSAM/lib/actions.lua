@@ -233,6 +233,8 @@ local function settings_dialog()
   return true
 end
 
+actions.settings_dialog = settings_dialog
+
 local function status_text(pong, status_json, t)
   local lines = {}
   if pong then

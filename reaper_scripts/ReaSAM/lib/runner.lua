@@ -14,6 +14,7 @@ local daemon = require("daemon")
 local importer = require("importer")
 local spawn = require("spawn")
 local ui = require("ui")
+local jobrecord = require("jobrecord")
 
 local runner = {}
 
@@ -289,6 +290,7 @@ function Run:submit(job, now)
     job.stage = "sent"
     job.last_news = now
     register(job, self.t.kind)
+    jobrecord.remember(job, self.stem_set) -- for the job panel's "import again"
   end
 end
 

@@ -3,9 +3,10 @@
 --   udp: OSC datagrams through LuaSocket (REAPER: the "Mavriq Lua Sockets" ReaPack package);
 --   cli: `reasam send --no-wait` / `reasam ping` / `reasam cancel` run through ExecProcess(…, -1),
 --        with the job's status.json / manifest.json read from disk (see jobwatch in runner).
--- Both: t:separate(job), t:cancel(job_id), t:ping(), t:status(job_id), t:poll() -> events, t:close().
--- Events: { type = "accepted"|"progress"|"done"|"error"|"cancelled"|"pong"|"status"
---           (cli only: "ping_failed", "cancel_result" with rc, state, code),
+-- Both: t:separate(job), t:cancel(job_id), t:ping(), t:status(job_id), t:shutdown(), t:poll() -> events,
+-- t:close().
+-- Events: { type = "accepted"|"progress"|"done"|"error"|"cancelled"|"pong"|"status"|"stopping"
+--           (cli only: "ping_failed", "cancel_result" with rc, state, code, "status_failed"),
 --           job_id, fraction, stage, manifest, code, message, version, engines, device, model_state,
 --           json }.
 local reaper = reaper
@@ -118,6 +119,11 @@ function Udp:status(job_id)
   return self:send("/reasam/status", with_token(args))
 end
 
+-- Stops the daemon (protocol addition `/reasam/shutdown`); it answers `/reasam/stopping` first.
+function Udp:shutdown()
+  return self:send("/reasam/shutdown", with_token({}))
+end
+
 local function message_event(m)
   local a = m.args
   local addr = m.address
@@ -135,6 +141,8 @@ local function message_event(m)
     return { type = "pong", version = a[1], engines = a[2], device = a[3], model_state = a[4] }
   elseif addr == "/reasam/status" then
     return { type = "status", json = a[1] }
+  elseif addr == "/reasam/stopping" then
+    return { type = "stopping", running = a[1], queued = a[2] }
   end
   return nil
 end
@@ -142,7 +150,7 @@ end
 function Udp:poll(max)
   local events = {}
   for _ = 1, max or 256 do
-    local data = self.sock:receivefrom()
+    local data = self.sock:receivefrom(65535) -- (the default, 8192 bytes, would cut a longer reply)
     if not data then break end
     for _, m in ipairs(osc.messages(data)) do
       local ev = message_event(m)
@@ -217,10 +225,22 @@ function Cli:ping()
   return self:run("ping", args)
 end
 
-function Cli:status(job_id)
+-- timeout: seconds the `reasam status` may wait for an answer (default: its own retries, ~14 s).
+function Cli:status(job_id, timeout)
   local args = self:base_args("status")
-  if job_id then args[#args + 1] = job_id end
+  if timeout then
+    args[#args + 1] = "--timeout"
+    args[#args + 1] = util.num(timeout)
+  end
+  if job_id then
+    args[#args + 1] = "--"
+    args[#args + 1] = job_id
+  end
   return self:run("status", args, job_id)
+end
+
+function Cli:shutdown()
+  return self:run("stop", self:base_args("stop"))
 end
 
 -- What a failed reasam command reported: the JSON body it printed ({"state": "error", "code",
@@ -262,7 +282,21 @@ function Cli:poll()
         events[#events + 1] = { type = "accepted", job_id = p.job_id }
       end
     elseif p.what == "status" then
-      if rc == 0 then events[#events + 1] = { type = "status", json = out } end
+      if rc == 0 then
+        events[#events + 1] = { type = "status", json = out }
+      else
+        local code, msg = cli_error(out, err)
+        events[#events + 1] = { type = "status_failed", job_id = p.job_id, code = code, message = msg, rc = rc }
+      end
+    elseif p.what == "stop" then
+      if rc == 0 then
+        local body = json.decode(util.trim(out))
+        body = type(body) == "table" and body or {}
+        events[#events + 1] = { type = "stopping", running = body.running, queued = body.queued }
+      else
+        local code, msg = cli_error(out, err)
+        events[#events + 1] = { type = "error", job_id = "", code = code, message = msg }
+      end
     elseif p.what == "cancel" then
       -- rc 0: the daemon cancelled the job (or it had already ended: state says which). Else
       -- not_found (the `reasam send` has not reached the daemon yet), no answer, ...

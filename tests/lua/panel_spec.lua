@@ -1,0 +1,306 @@
+-- "ReaSAM - job panel" against a real `reasam serve` on loopback, over both transports (OSC over
+-- UDP with the ReaImGui view; the reasam command line without sockets with the gfx view): the
+-- daemon's jobs with their states, progress and time left, cancel, import again, show in folder,
+-- open log, a setting, closing, and (last) stopping and starting the daemon from the panel.
+-- The OS opener is a `xdg-open` on the PATH of the model's ExecProcess that records its argument.
+local H = require("helpers")
+local D = require("daemon_fixture")
+local C = require("check")
+local wav = require("wav")
+local socket = require("socket")
+
+local MAX_TICK = 0.1 -- CPU seconds
+
+local CASES = {
+  { name = "UDP, ReaImGui view", sockets = true, imgui = true },
+  { name = "the reasam command line (no sockets), gfx view", sockets = false, imgui = false },
+}
+
+describe("job panel", function()
+  local d, dir, song, long_song, tiny, bin, opened
+  local model, script
+
+  setup(function()
+    d = D.start()
+    dir = H.tmpdir("panel")
+    song = dir .. "/song.wav"
+    local samples = wav.test_signal(4, 44100, 1)
+    wav.write(song, 44100, 2, samples)
+    long_song = dir .. "/long.wav"
+    wav.write_repeated(long_song, 44100, 2, samples, 40)
+    tiny = dir .. "/tiny.wav"
+    wav.write(tiny, 44100, 2, (wav.test_signal(1, 44100, 2)))
+    bin = dir .. "/bin"
+    opened = dir .. "/opened.txt"
+    os.execute("mkdir -p '" .. bin .. "'")
+    local f = assert(io.open(bin .. "/xdg-open", "w"))
+    f:write("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '" .. opened .. "'\n")
+    f:close()
+    os.execute("chmod +x '" .. bin .. "/xdg-open'")
+  end)
+
+  teardown(function()
+    if model then
+      for _, s in ipairs(model.scripts) do
+        if s.alive then model.terminate(s) end
+      end
+      -- a daemon the panel started
+      D.kill(D.read_token(model.resource .. "/ReaSAM/daemon.pid"))
+    end
+    D.stop(d)
+    H.rmtree(dir)
+    H.cleanup()
+  end)
+
+  local function new_model(case)
+    C.forget()
+    model = H.model({ media = H.tmpdir("media"), sockets = case.sockets, imgui = case.imgui,
+      exec_env = D.env_for(dir) .. " PATH='" .. bin .. "':\"$PATH\"" })
+    D.configure(model, d, { engine = "dsp", ui = "auto" })
+    return model
+  end
+
+  local function healthy()
+    assert.are.same({}, model.errors)
+    assert.are.same({}, model.blocking_calls)
+    assert.are.same({}, model.refresh_violations)
+    assert.are.equal(0, model.undo_depth)
+    assert.is_true(model.max_tick < MAX_TICK, ("a tick took %.3f s"):format(model.max_tick))
+    for _, e in ipairs(model.exec) do
+      assert.are.equal(-1, e.timeout, "a blocking ExecProcess: " .. e.cmd)
+    end
+    for name in pairs(model.missing) do
+      assert.is_true(require("reaper_model").OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
+    end
+  end
+
+  -- Sends one OSC request to the daemon as another client would (a job from elsewhere).
+  local function send(address, args)
+    local u = socket.udp()
+    u:setsockname("127.0.0.1", 0)
+    args[#args + 1] = "token"
+    args[#args + 1] = d.token
+    u:sendto(D.osc.encode(address, args), "127.0.0.1", d.port)
+    u:close()
+  end
+
+  local function daemon_state(job)
+    local f = io.open(d.dir .. "/out/" .. job .. "/status.json")
+    local st = f and f:read("a") or ""
+    if f then f:close() end
+    return st:match('"state": *"(%a+)"')
+  end
+
+  local function wait_state(job, want, timeout)
+    local deadline = socket.gettime() + (timeout or 30)
+    while socket.gettime() < deadline do
+      if daemon_state(job) == want then return true end
+      socket.sleep(0.05)
+    end
+    return false
+  end
+
+  local function the_panel() return script.env.package.loaded.panel.current end
+
+  local function row(id)
+    local p = the_panel()
+    for _, r in ipairs(p and p.rows or {}) do
+      if r.id == id then return r end
+    end
+    return nil
+  end
+
+  local function until_row(id, pred, timeout)
+    return model.run_until(function()
+      local r = row(id)
+      return r ~= nil and pred(r)
+    end, timeout or 30)
+  end
+
+  -- Presses a button: by its label (and row) in the ReaImGui view, by a left click on the box the
+  -- gfx view drew for it.
+  -- (gfx: scrolling the list down, a notch per tick, until the row's button shows.)
+  local function click(label, id)
+    local p = the_panel()
+    if model.imgui then
+      model.imgui_clicks[id and (label .. "##" .. id) or label] = true
+      return
+    end
+    for _ = 1, 60 do
+      for _, h in ipairs(p.view.hits) do
+        if h.label == label and (id == nil or h.cmd[2] == id) then
+          model.gfx_clicks[#model.gfx_clicks + 1] = { h.x + h.w / 2, h.y + h.h / 2 }
+          return
+        end
+      end
+      model.gfx.mouse_wheel = -120
+      model.tick()
+    end
+    error("no button " .. label .. " for " .. tostring(id))
+  end
+
+  local function shown()
+    return table.concat(model.imgui and (model.imgui_text or {}) or model.gfx_text, "\n")
+  end
+
+  local function read_opened()
+    local f = io.open(opened)
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+    return text
+  end
+
+  for n, case in ipairs(CASES) do
+    describe("over " .. case.name, function()
+      it("lists jobs with states, progress and time left; cancels, imports again, opens folders and the log", function()
+        new_model(case)
+        local tag = "c" .. n
+        -- A job of this project, through the action (recorded for "import again").
+        local mix = model.add_track("Mix")
+        local item = model.add_item(mix, { file = song, position = 1.5 })
+        script = model.run_action(H.action("Separate selection - drums"))
+        model.run_until(function() return not model.running() end, 90)
+        assert.are.same({ "Mix", "drums", "drums residual" }, C.track_names(model))
+        local mine = model.tracks[2].items[1].active.ext.reasam_job
+        -- Jobs from elsewhere: a few short ones, three long ones, one whose file vanishes, one cancelled.
+        for i = 1, 6 do send("/reasam/separate", { tag .. "-tiny-" .. i, tiny, "drums", "engine", "dsp" }) end
+        for i = 1, 3 do
+          send("/reasam/separate", { tag .. "-long-" .. i, long_song, "drums", "engine", "dsp",
+            "region", "0:" .. (150 + i) })
+        end
+        local doomed = dir .. "/doomed-" .. tag .. ".wav"
+        wav.write(doomed, 44100, 2, (wav.test_signal(1, 44100, 3)))
+        send("/reasam/separate", { tag .. "-gone", doomed, "drums", "engine", "dsp" })
+        send("/reasam/separate", { tag .. "-cancelled", tiny, "drums", "engine", "dsp", "region", "0:0.5" })
+        assert.is_true(wait_state(tag .. "-cancelled", "queued"))
+        send("/reasam/cancel", { tag .. "-cancelled" })
+        assert.is_true(wait_state(tag .. "-cancelled", "cancelled"))
+        os.remove(doomed)
+
+        script = model.run_action(H.action("ReaSAM - job panel"))
+        local p = the_panel()
+        assert.is_truthy(p)
+        assert.are.equal(case.sockets and "udp" or "cli", p.t.kind)
+        -- running with progress and time left; queued; cancelled; done (this project's)
+        assert.is_true(until_row(tag .. "-long-1", function(r) return r.state == "running" and r.eta ~= nil end, 60),
+          "no running row with a time left")
+        assert.are.equal("queued", row(tag .. "-long-3").state)
+        assert.are.equal("cancelled", row(tag .. "-cancelled").state)
+        assert.is_true(row(mine).mine and row(mine).state == "done")
+        assert.is_false(row(tag .. "-tiny-1").mine)
+        assert.are.equal("done", row(tag .. "-tiny-1").state, row(tag .. "-tiny-1").message)
+        assert.matches("running %d+%% · %d+:%d%d left", shown())
+        if model.imgui then assert.matches("this project", shown()) end
+        assert.matches("Daemon: running", shown())
+        -- bounded work: the reply's entries were merged a few per tick
+        assert.is_true(#p.rows > 8)
+        assert.are.equal(8, p.most_rows_in_a_tick)
+
+        -- Cancel from the panel reaches the daemon (running and queued jobs).
+        click("Cancel", tag .. "-long-1")
+        assert.is_true(model.run_until(function() return daemon_state(tag .. "-long-1") == "cancelled" end, 30))
+        for _, id in ipairs({ tag .. "-long-2", tag .. "-long-3" }) do
+          assert.is_true(until_row(id, function(r) return r.state == "running" or r.state == "queued" end))
+          click("Cancel", id)
+          assert.is_true(model.run_until(function() return daemon_state(id) == "cancelled" end, 30), id)
+        end
+        -- The job whose file vanished fails, with the daemon's message.
+        assert.is_true(until_row(tag .. "-gone", function(r) return r.state == "error" end, 60))
+        assert.are.equal("not_found", row(tag .. "-gone").code)
+        local want = model.imgui and { "failed: [^\n]*doomed%-c%d%.wav: no such file %(not_found%)" }
+          or { "failed %(not_found%)", "\n[^\n]*doomed%-c%d%.wav: no such file" } -- (gfx: on a line of its own)
+        model.run_until(function() return shown():find(want[#want]) ~= nil end, 10)
+        for _, w in ipairs(want) do assert.matches(w, shown()) end
+
+        -- Import again: a second pair of tracks, aligned, summing to the original.
+        click("Import again", mine)
+        assert.is_true(model.run_until(function() return #model.tracks == 5 end, 10))
+        local names = C.track_names(model)
+        assert.are.same({ "Mix", "drums", "drums residual", "drums", "drums residual" }, names)
+        local ti, ri = model.tracks[2].items[1], model.tracks[3].items[1]
+        assert.are.equal(1.5, ti.info.D_POSITION)
+        assert.are.equal(4 * 44100, C.stems_sum(item, ti, ri))
+        assert.are.equal(mine, ti.active.ext.reasam_job)
+        assert.are.equal(2, #model.undo)
+
+        -- Show in folder, open log: the OS opener gets the job's folder and the daemon's log file.
+        click("Folder", mine)
+        click("Open log")
+        assert.is_true(model.run_until(function() return select(2, read_opened():gsub("\n", "")) >= 2 end, 10))
+        local lines = {}
+        for line in read_opened():gmatch("[^\n]+") do lines[#lines + 1] = line end
+        table.sort(lines)
+        local want_paths = { d.dir .. "/state/logs/reasam.log", model.media .. "/ReaSAM/" .. mine }
+        table.sort(want_paths)
+        assert.are.same(want_paths, lines)
+        local opener = {}
+        for _, e in ipairs(model.exec) do
+          if e.cmd:match("^xdg%-open ") then opener[#opener + 1] = e.cmd end
+        end
+        table.sort(opener)
+        local want_cmds = {}
+        for i, path in ipairs(want_paths) do want_cmds[i] = 'xdg-open "' .. path .. '"' end
+        assert.are.same(want_cmds, opener)
+        os.remove(opened)
+
+        -- A setting changed in the panel persists.
+        if model.imgui then
+          model.imgui_headers = { Settings = true }
+          model.imgui_inputs["Quality (fast/balanced/best)##quality"] = "best"
+          model.imgui_checks["Put new tracks in a folder (y/n)##folder"] = true
+        else
+          local values = {}
+          model.inputs[1] = function(_, count, _, defaults)
+            for v in (defaults .. "\n"):gmatch("(.-)\n") do values[#values + 1] = v end
+            assert.are.equal(count, #values)
+            values[4], values[5] = "best", "y" -- quality, folder
+            return true, table.concat(values, "\n")
+          end
+          click("Settings...")
+        end
+        assert.is_true(model.run_until(function()
+          return model.reaper.GetExtState("ReaSAM", "quality") == "best"
+            and model.reaper.GetExtState("ReaSAM", "folder") == "y"
+        end, 10))
+        assert.is_true(model.ext_persist["ReaSAM\0quality"])
+
+        -- Closing the panel ends its defer loop and lets go of the window and the socket.
+        local sock = p.t.sock
+        if model.imgui then model.imgui_close = true else model.gfx_keys[1] = -1 end
+        assert.is_true(model.run_until(function() return not model.running() end, 10))
+        assert.is_false(script.alive)
+        assert.is_true(p.closed)
+        assert.is_nil(p.t)
+        assert.is_nil(script.env.package.loaded.panel.current)
+        if sock then assert.is_nil(sock:getsockname()) end -- closed
+        if not model.imgui then
+          assert.is_false(model.gfx_open)
+          assert.are.equal("0", model.reaper.GetExtState("ReaSAM", "panel_gfx_dock"))
+        end
+        healthy()
+      end)
+    end)
+  end
+
+  it("stops and starts the daemon, over UDP then over the reasam command line", function()
+    for _, case in ipairs(CASES) do
+      new_model(case)
+      script = model.run_action(H.action("ReaSAM - job panel"))
+      assert.is_true(model.run_until(function() return the_panel().daemon.state == "running" end, 30))
+      local pid_before = d.pid
+      click("Stop daemon")
+      assert.is_true(model.run_until(function() return the_panel().daemon.state == "not running" end, 40),
+        "the panel did not see the daemon stop")
+      assert.is_true(model.run_until(function() return not D.pid_alive(pid_before) end, 30), "it still runs")
+      click("Start daemon")
+      assert.is_true(model.run_until(function() return the_panel().daemon.state == "running" end, 60),
+        "the panel did not see the daemon start")
+      local started = D.read_token(model.resource .. "/ReaSAM/daemon.pid")
+      assert.is_true(D.pid_alive(started))
+      d.pid = started -- the fixture stops this one at the end
+      if model.imgui then model.imgui_close = true else model.gfx_keys[1] = -1 end
+      assert.is_true(model.run_until(function() return not model.running() end, 10))
+      healthy()
+    end
+  end)
+end)
