@@ -40,7 +40,7 @@ def _status_reply(client) -> tuple[dict, int]:
 
 
 def test_recent_jobs_cap_and_shutdown(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "d").start()
+    d = Daemon(tmp_path / "d", "--shutdown-grace", "0").start()
     try:
         long_wav = write_noise(tmp_path / "long.wav", 90.0, rate=44100, seed=5)
         short_wav = write_noise(tmp_path / "short.wav", 1.0, seed=6)
