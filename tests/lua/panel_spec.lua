@@ -264,6 +264,16 @@ describe("job panel", function()
         end, 10))
         assert.is_true(model.ext_persist["ReaSAM\0quality"])
 
+        -- Dock: ReaImGui's first REAPER docker (dock id -1), remembered; gfx's dock state.
+        click("Dock")
+        if model.imgui then
+          assert.is_true(model.run_until(function()
+            return model.reaper.GetExtState("ReaSAM", "panel_dock") == "-1" end, 10))
+          assert.are.equal(-1, model.imgui_dock)
+        else
+          assert.is_true(model.run_until(function() return model.gfx_dock == 1 end, 10), model.console_text())
+        end
+
         -- Closing the panel ends its defer loop and lets go of the window and the socket.
         local sock = p.t.sock
         if model.imgui then model.imgui_close = true else model.gfx_keys[1] = -1 end
@@ -275,12 +285,73 @@ describe("job panel", function()
         if sock then assert.is_nil(sock:getsockname()) end -- closed
         if not model.imgui then
           assert.is_false(model.gfx_open)
-          assert.are.equal("0", model.reaper.GetExtState("ReaSAM", "panel_gfx_dock"))
+          assert.are.equal("1", model.reaper.GetExtState("ReaSAM", "panel_gfx_dock")) -- opens docked next time
         end
         healthy()
       end)
     end)
   end
+
+  it("keeps one request in flight and merges at most 8 jobs of an answer per tick", function()
+    -- A UDP port where nothing answers: the panel asks, waits, and asks again, one at a time.
+    new_model(CASES[1])
+    local quiet = socket.udp()
+    quiet:setsockname("127.0.0.1", 0)
+    local _, port = quiet:getsockname()
+    model.set_setting("port", port)
+    script = model.run_action(H.action("ReaSAM - job panel"))
+    local times = {}
+    local t0 = socket.gettime()
+    quiet:settimeout(0)
+    model.run_until(function()
+      local data = quiet:receivefrom()
+      if data then times[#times + 1] = socket.gettime() - t0 end
+      return socket.gettime() - t0 > 3.5
+    end, 10, 0.01)
+    quiet:close()
+    assert.is_true(#times >= 2 and #times <= 3, "requests: " .. #times)
+    for i = 2, #times do assert.is_true(times[i] - times[i - 1] >= 1.4, "a second request while one was in flight") end
+    local p = the_panel()
+    assert.are.equal("not running", p.daemon.state)
+    -- An answer of 20 jobs: merged 8, 8, 4 in three ticks; the list changes once, when all are in.
+    local recent = {}
+    for i = 1, 20 do
+      recent[i] = { id = "j" .. i, state = "running", fraction = 0.25, started = os.time() - 40, stage = "separating" }
+    end
+    p:on_event({ type = "status", json = H.json_encode({ version = "x", running = { "j1" }, queued = 0,
+      recent = recent }) }, 0)
+    assert.are.equal(8, p:merge(os.time()))
+    assert.are.equal(0, #p.rows)
+    assert.are.equal(8, p:merge(os.time()))
+    assert.are.equal(4, p:merge(os.time()))
+    assert.are.equal(20, #p.rows)
+    assert.are.equal(0, p:merge(os.time()))
+    assert.matches("^2:0%d left$", p.rows[1].eta) -- 40 s for a quarter: two minutes to go
+    assert.is_nil(script.env.package.loaded.panel.eta({ state = "running", fraction = 0.001, started = 1 }, 50))
+    model.imgui_close = true
+    assert.is_true(model.run_until(function() return not model.running() end, 10))
+    healthy()
+  end)
+
+  it("opens folders with SWS's CF_ShellExecute when it is there, else the platform's opener", function()
+    local cases = {
+      { "Win64", 'explorer.exe "C:\\p q"', "C:\\p q" },
+      { "macOS-arm64", '/usr/bin/open "/p q"', "/p q" },
+      { "Linux-x86_64", 'xdg-open "/p q"', "/p q" },
+    }
+    for _, os_case in ipairs(cases) do
+      local m = H.model({ os_name = os_case[1], exec_env = "PATH='" .. bin .. "':\"$PATH\"" })
+      local p = H.lib(m, "panel")
+      assert.are.equal(os_case[2], p.open_path(os_case[3]))
+      assert.are.same({ cmd = os_case[2], timeout = -1 }, m.exec[1])
+      assert.is_nil(p.open_path('/a"b')) -- ExecProcess could not pass it
+      local shell = {}
+      m.reaper.CF_ShellExecute = function(path) shell[#shell + 1] = path end
+      p.open_path(os_case[3])
+      assert.are.same({ os_case[3] }, shell)
+      assert.are.equal(1, #m.exec)
+    end
+  end)
 
   it("stops and starts the daemon, over UDP then over the reasam command line", function()
     for _, case in ipairs(CASES) do

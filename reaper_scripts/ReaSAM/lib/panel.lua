@@ -239,6 +239,15 @@ function Panel:import_again(id)
   self:say(string.format("imported %s again: %d item(s)", id, #result.items))
 end
 
+-- The settings that change how the panel reaches the daemon.
+local CONNECTION = { host = true, port = true, transport = true, token_file = true, reasam_command = true }
+local function connection()
+  local parts = {}
+  for name in pairs(CONNECTION) do parts[#parts + 1] = name .. "=" .. tostring(settings.get(name)) end
+  table.sort(parts)
+  return table.concat(parts, ";")
+end
+
 function Panel:command(cmd, now)
   local kind, arg, value = cmd[1], cmd[2], cmd[3]
   if kind == "cancel" then
@@ -278,13 +287,12 @@ function Panel:command(cmd, now)
       self.note = err
     else
       self.note = settings.SPEC[arg][4] .. ": " .. settings.format(arg, settings.get(arg))
-      if arg == "port" or arg == "host" or arg == "transport" or arg == "token_file" or arg == "reasam_command" then
-        self:open_transport()
-      end
+      if CONNECTION[arg] then self:open_transport() end
     end
   elseif kind == "settings_dialog" then
+    local before = connection()
     require("actions").settings_dialog()
-    self:open_transport()
+    if connection() ~= before then self:open_transport() end
   elseif kind == "close" then
     self.closing = true
   end

@@ -76,12 +76,8 @@ function View:frame(p)
   local y = 8
   self:text(10, y, panel.daemon_line(d))
   y = y + LINE
-  local model = panel.model_line(d)
-  if model ~= "" then
-    self:text(10, y, model, true)
-    y = y + LINE
-  end
-  y = y + 4
+  self:text(10, y, panel.model_line(d), true) -- (a line even when empty: the buttons stay put)
+  y = y + LINE + 4
   local x = 10
   if d.state == "running" then
     x = self:button(x, y, "Stop daemon", { "stop" })
