@@ -803,6 +803,8 @@ def test_sam_jobs_keep_alive_log_file_and_sigint(tmp_path: Path) -> None:
         assert text["engine"] == "sam" and text["request"]["prompt"] == "bass"
         between = _sam_state(client)
         assert between.startswith("sam base ready on cpu"), between  # kept loaded between jobs
+        overview = client.status()  # the job panel's keep-alive countdown
+        assert overview["keep_alive"] == 10 and 0 < overview["keep_alive_left"] <= 600, overview
         span = job(client, "sam-span", "", "span", "+1:2", "span", "-2.2:2.8")
         assert span["engine"] == "sam" and span["request"]["spans"] == ["+1:2", "-2.2:2.8"]
         assert _sam_state(client).startswith("sam base ready on cpu")
