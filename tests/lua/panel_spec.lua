@@ -283,6 +283,11 @@ describe("job panel", function()
         assert.is_nil(p.t)
         assert.is_nil(script.env.package.loaded.panel.current)
         if sock then assert.is_nil(sock:getsockname()) end -- closed
+        -- (the reasam helpers still running at the close remove their own files when they end)
+        local run_dir = model.resource .. "/ReaSAM/run"
+        local deadline = socket.gettime() + 20
+        while model.reaper.EnumerateFiles(run_dir, 0) and socket.gettime() < deadline do socket.sleep(0.1) end
+        assert.is_nil(model.reaper.EnumerateFiles(run_dir, 0), "helper files left in " .. run_dir)
         if not model.imgui then
           assert.is_false(model.gfx_open)
           assert.are.equal("1", model.reaper.GetExtState("ReaSAM", "panel_gfx_dock")) -- opens docked next time
@@ -328,8 +333,16 @@ describe("job panel", function()
     assert.are.equal(0, p:merge(os.time()))
     assert.matches("^2:0%d left$", p.rows[1].eta) -- 40 s for a quarter: two minutes to go
     assert.is_nil(script.env.package.loaded.panel.eta({ state = "running", fraction = 0.001, started = 1 }, 50))
+    -- Start with a reasam command that is not there: said as soon as the launcher ends.
+    model.set_setting("reasam_command", dir .. "/no-such-reasam")
+    click("Start daemon")
+    assert.is_true(model.run_until(function()
+      return (p.daemon.error or ""):find("reasam command was not found", 1, true) ~= nil
+    end, 10), tostring(p.daemon.error))
+    assert.are.equal("not running", p.daemon.state)
     model.imgui_close = true
     assert.is_true(model.run_until(function() return not model.running() end, 10))
+    assert.is_nil(model.reaper.EnumerateFiles(model.resource .. "/ReaSAM/run", 0)) -- no helper files left
     healthy()
   end)
 

@@ -17,6 +17,7 @@ local daemon = require("daemon")
 local importer = require("importer")
 local jobrecord = require("jobrecord")
 local reaimgui = require("reaimgui")
+local spawn = require("spawn")
 
 local panel = {}
 
@@ -270,8 +271,9 @@ function Panel:command(cmd, now)
     local done, why = panel.open_path(path)
     if not done then self:say(why) end
   elseif kind == "start" then
-    local ok, err = daemon.start()
-    if ok then
+    local launcher, err = daemon.start()
+    if launcher then
+      self.launcher = launcher
       self.daemon = { state = "starting" }
       self.start_at = now
       self.last_sent = -math.huge
@@ -342,9 +344,23 @@ end
 
 ---------------------------------------------------------------------------------------------------
 
+-- The daemon's launcher ends at once: a non-zero exit code means nothing was started (127 or
+-- 9009: the reasam command was not found), said now rather than after the start timeout.
+function Panel:check_launcher()
+  local rc, out, err = self.launcher:poll()
+  if rc == nil then return end
+  self.launcher = nil
+  if rc == 0 or self.daemon.state ~= "starting" then return end
+  local text = util.trim((err or "") ~= "" and err or (out or ""))
+  if rc == 127 or rc == 9009 then text = "the reasam command was not found (" .. settings.reasam_command() .. ")" end
+  self.daemon = { state = "not running", error = "could not start it: " .. text }
+  self:say("could not start the daemon: " .. text)
+end
+
 function Panel:step()
   local now = reaper.time_precise()
   self.ticks = self.ticks + 1
+  if self.launcher then self:check_launcher() end
   if self.t then
     for _, ev in ipairs(self.t:poll(32)) do self:on_event(ev, now) end
   end
@@ -360,6 +376,7 @@ function Panel:close()
   if self.view then self.view:close() end
   if self.t then self.t:close() end
   self.t = nil
+  spawn.discard_all() -- helpers still running (a launcher, a status) remove their own files
   if panel.current == self then panel.current = nil end
 end
 
