@@ -297,6 +297,31 @@ describe("job panel", function()
     end)
   end
 
+  it("imports a stem set again into a folder of its own, lined up and summing to the original", function()
+    new_model(CASES[1])
+    local tr = model.add_track("Mix")
+    local item = model.add_item(tr, { file = song, position = 0.5, startoffs = 0.25, length = 3 })
+    model.imgui_checks = { vocals = false, bass = false, drums = true }
+    model.imgui_inputs = { ["also (comma-separated)"] = "harmonic" }
+    model.imgui_keys = { "button" } -- "Separate"
+    script = model.run_action(H.action("Separate selection - stems..."))
+    model.run_until(function() return not model.running() end, 90)
+    assert.are.equal(5, #model.tracks)
+    local job = model.tracks[3].items[1].active.ext.reasam_job
+    script = model.run_action(H.action("ReaSAM - job panel"))
+    assert.is_true(until_row(job, function(r) return r.state == "done" and r.mine end))
+    click("Import again", job)
+    assert.is_true(model.run_until(function() return #model.tracks == 9 end, 10))
+    assert.are.same({ "Mix", "drums, harmonic, rest (ReaSAM)", "drums", "harmonic", "rest",
+      "drums, harmonic, rest (ReaSAM)", "drums", "harmonic", "rest" }, C.track_names(model))
+    local items = { model.tracks[3].items[1], model.tracks[4].items[1], model.tracks[5].items[1] }
+    assert.are.equal(job, items[1].active.ext.reasam_job)
+    assert.are.equal(3 * 44100, C.set_sum(item, items))
+    model.imgui_close = true
+    assert.is_true(model.run_until(function() return not model.running() end, 10))
+    healthy()
+  end)
+
   it("keeps one request in flight and merges at most 8 jobs of an answer per tick", function()
     -- A UDP port where nothing answers: the panel asks, waits, and asks again, one at a time.
     new_model(CASES[1])
