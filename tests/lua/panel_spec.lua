@@ -357,7 +357,7 @@ describe("job panel", function()
     assert.are.equal(20, #p.rows)
     assert.are.equal(0, p:merge(os.time()))
     assert.matches("^2:0%d left$", p.rows[1].eta) -- 40 s for a quarter: two minutes to go
-    assert.is_nil(script.env.package.loaded.panel.eta({ state = "running", fraction = 0.001, started = 1 }, 50))
+    assert.is_nil(script.env.package.loaded.panel_rows.eta({ state = "running", fraction = 0.001, started = 1 }, 50))
     -- Start with a reasam command that is not there: said as soon as the launcher ends.
     model.set_setting("reasam_command", dir .. "/no-such-reasam")
     click("Start daemon")
@@ -379,13 +379,13 @@ describe("job panel", function()
     }
     for _, os_case in ipairs(cases) do
       local m = H.model({ os_name = os_case[1], exec_env = "PATH='" .. bin .. "':\"$PATH\"" })
-      local p = H.lib(m, "panel")
-      assert.are.equal(os_case[2], p.open_path(os_case[3]))
+      local p = H.lib(m, "opener")
+      assert.are.equal(os_case[2], p.open(os_case[3]))
       assert.are.same({ cmd = os_case[2], timeout = -1 }, m.exec[1])
-      assert.is_nil(p.open_path('/a"b')) -- ExecProcess could not pass it
+      assert.is_nil(p.open('/a"b')) -- ExecProcess could not pass it
       local shell = {}
       m.reaper.CF_ShellExecute = function(path) shell[#shell + 1] = path end
-      p.open_path(os_case[3])
+      p.open(os_case[3])
       assert.are.same({ os_case[3] }, shell)
       assert.are.equal(1, #m.exec)
     end

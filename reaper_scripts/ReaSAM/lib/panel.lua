@@ -18,6 +18,8 @@ local importer = require("importer")
 local jobrecord = require("jobrecord")
 local reaimgui = require("reaimgui")
 local spawn = require("spawn")
+local rows = require("panel_rows")
+local opener = require("opener")
 
 local panel = {}
 
@@ -33,36 +35,6 @@ local FINAL = { done = true, error = true, cancelled = true }
 
 local Panel = {}
 Panel.__index = Panel
-
--- The estimated time left of a running job from its start (epoch seconds) and fraction: the
--- time so far, scaled. nil while there is too little progress to tell.
-function panel.eta(entry, now)
-  local f, started = tonumber(entry.fraction), tonumber(entry.started)
-  if entry.state ~= "running" or not f or not started or f < 0.01 or f >= 1 then return nil end
-  local left = math.max(0, (now - started) * (1 - f) / f)
-  return string.format("%d:%02d left", math.floor(left / 60), math.floor(left % 60))
-end
-
--- The OS opener on a file or folder: SWS's CF_ShellExecute when there, else the platform's own
--- command started through ExecProcess(…, -1) (which never waits). Returns the command or nil, why.
-function panel.open_path(path)
-  if path == nil or path == "" then return nil, "nothing to open" end
-  if reaper.CF_ShellExecute then
-    reaper.CF_ShellExecute(path)
-    return "CF_ShellExecute " .. path
-  end
-  if path:find('"', 1, true) then return nil, "cannot open a path with a double quote: " .. path end
-  local cmd
-  if util.is_windows() then
-    cmd = 'explorer.exe "' .. path .. '"'
-  elseif (reaper.GetOS() or ""):match("^OSX") or (reaper.GetOS() or ""):match("^macOS") then
-    cmd = '/usr/bin/open "' .. path .. '"'
-  else
-    cmd = 'xdg-open "' .. path .. '"'
-  end
-  reaper.ExecProcess(cmd, -1)
-  return cmd
-end
 
 function panel.new()
   return setmetatable({
@@ -197,7 +169,7 @@ function Panel:merge(now_epoch)
         out = type(e.out) == "string" and e.out or "",
         what = string.format("%s: %s", type(e.prompt) == "string" and e.prompt or "",
           type(e.source) == "string" and e.source or ""),
-        eta = panel.eta(e, now_epoch),
+        eta = rows.eta(e, now_epoch),
         mine = self.mine[e.id] ~= nil,
         final = FINAL[state] == true,
       }
@@ -263,12 +235,12 @@ function Panel:command(cmd, now)
     local row = self:row(arg)
     local dir = row and row.out or ""
     if dir ~= "" and not reaper.file_exists(util.join(dir, "status.json")) then dir = util.dirname(dir) end
-    local done, why = panel.open_path(dir)
+    local done, why = opener.open(dir)
     if not done then self:say(why) end
   elseif kind == "log" then
     local path = self.daemon.log_file
     if not (path and util.file_exists(path)) then path = daemon.log_path() end
-    local done, why = panel.open_path(path)
+    local done, why = opener.open(path)
     if not done then self:say(why) end
   elseif kind == "start" then
     local launcher, err = daemon.start()
@@ -298,48 +270,6 @@ function Panel:command(cmd, now)
   elseif kind == "close" then
     self.closing = true
   end
-end
-
----------------------------------------------------------------------------------------------------
--- What the views draw
-
-function panel.daemon_line(d)
-  if d.state ~= "running" then
-    return "Daemon: " .. d.state .. (d.error and d.error ~= "" and (" (" .. d.error .. ")") or "")
-  end
-  local parts = { "Daemon: running" .. (d.version and (" " .. d.version) or "") }
-  if d.device then parts[#parts + 1] = "device " .. d.device end
-  if d.running then parts[#parts + 1] = string.format("%d running, %d queued", d.running, d.queued or 0) end
-  return table.concat(parts, " · ")
-end
-
-function panel.model_line(d)
-  if d.state ~= "running" then return "" end
-  local text = "Model: " .. tostring(d.model_state or "?")
-  if d.keep_alive_left then
-    text = text .. string.format(" · unloads in %d:%02d", math.floor(d.keep_alive_left / 60),
-      math.floor(d.keep_alive_left % 60))
-  end
-  return text
-end
-
--- A row's state as words: "running 42% · 0:12 left", "failed: ... (code)".
-function panel.state_text(row)
-  if row.state == "running" then
-    return string.format("running %d%%%s", math.floor(row.fraction * 100 + 0.5), row.eta and (" · " .. row.eta) or "")
-  elseif row.state == "error" then
-    return "failed: " .. row.message .. (row.code and (" (" .. row.code .. ")") or "")
-  end
-  return row.state
-end
-
--- The buttons a row offers.
-function panel.row_actions(row)
-  local out = {}
-  if row.state == "queued" or row.state == "running" then out[#out + 1] = { "Cancel", "cancel" } end
-  if row.state == "done" and row.mine then out[#out + 1] = { "Import again", "import" } end
-  if row.out ~= "" then out[#out + 1] = { "Folder", "folder" } end
-  return out
 end
 
 ---------------------------------------------------------------------------------------------------

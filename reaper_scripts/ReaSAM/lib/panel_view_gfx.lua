@@ -7,7 +7,7 @@
 local reaper = reaper
 local gfx = gfx
 local settings = require("settings")
-local panel = require("panel")
+local rows = require("panel_rows")
 
 local View = {}
 View.__index = View
@@ -74,9 +74,9 @@ function View:frame(p)
   gfx.rect(0, 0, gfx.w, gfx.h, 1)
   local d = p.daemon
   local y = 8
-  self:text(10, y, panel.daemon_line(d))
+  self:text(10, y, rows.daemon_line(d))
   y = y + LINE
-  self:text(10, y, panel.model_line(d), true) -- (a line even when empty: the buttons stay put)
+  self:text(10, y, rows.model_line(d), true) -- (a line even when empty: the buttons stay put)
   y = y + LINE + 4
   local x = 10
   if d.state == "running" then
@@ -113,10 +113,10 @@ function View:frame(p)
       gfx.rect(300, y, math.floor(260 * row.fraction), 14, 1)
     end
     local failed = row.state == "error"
-    self:text(302, y, failed and ("failed" .. (row.code and (" (" .. row.code .. ")") or "")) or panel.state_text(row),
+    self:text(302, y, failed and ("failed" .. (row.code and (" (" .. row.code .. ")") or "")) or rows.state_text(row),
       row.final)
     local bx = 570
-    for _, a in ipairs(panel.row_actions(row)) do bx = self:button(bx, y, a[1], { a[2], row.id }) end
+    for _, a in ipairs(rows.row_actions(row)) do bx = self:button(bx, y, a[1], { a[2], row.id }) end
     y = y + LINE
     if failed then -- the message on a line of its own
       self:text(24, y, row.message:sub(1, 105), true)

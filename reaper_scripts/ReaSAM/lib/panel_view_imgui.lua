@@ -6,7 +6,7 @@
 local reaper = reaper
 local reaimgui = require("reaimgui")
 local settings = require("settings")
-local panel = require("panel")
+local rows = require("panel_rows")
 
 local View = {}
 View.__index = View
@@ -14,7 +14,7 @@ View.__index = View
 local DOCK_KEY = "panel_dock"
 
 local function new(title)
-  return setmetatable({ title = title, ImGui = reaimgui.load(), inputs = {} }, View)
+  return setmetatable({ title = title, ImGui = reaimgui.load() }, View)
 end
 
 function View:settings_section(ctx, cmds)
@@ -27,12 +27,10 @@ function View:settings_section(ctx, cmds)
       local changed, v = ImGui.Checkbox(ctx, label, settings.get(name))
       if changed then cmds[#cmds + 1] = { "setting", name, v } end
     else
-      local shown = self.inputs[name] or settings.format(name, settings.get(name))
-      local changed, text = ImGui.InputText(ctx, label, shown, ImGui.InputTextFlags_EnterReturnsTrue)
-      if changed then
-        cmds[#cmds + 1] = { "setting", name, text }
-        self.inputs[name] = nil
-      end
+      -- (ReaImGui keeps the text being edited itself; Enter hands it over)
+      local changed, text = ImGui.InputText(ctx, label, settings.format(name, settings.get(name)),
+        ImGui.InputTextFlags_EnterReturnsTrue)
+      if changed then cmds[#cmds + 1] = { "setting", name, text } end
     end
   end
   ImGui.TextDisabled(ctx, "(text fields apply on Enter)")
@@ -60,8 +58,8 @@ function View:frame(p)
       reaper.SetExtState(settings.SECTION, DOCK_KEY, tostring(dock), true)
     end
     local d = p.daemon
-    ImGui.Text(ctx, panel.daemon_line(d))
-    local model = panel.model_line(d)
+    ImGui.Text(ctx, rows.daemon_line(d))
+    local model = rows.model_line(d)
     if model ~= "" then ImGui.TextWrapped(ctx, model) end
     if d.state == "running" then
       if ImGui.Button(ctx, "Stop daemon") then cmds[#cmds + 1] = { "stop" } end
@@ -89,14 +87,14 @@ function View:frame(p)
         ImGui.Text(ctx, row.what)
         ImGui.TableNextColumn(ctx)
         if row.state == "running" or row.state == "queued" then
-          ImGui.ProgressBar(ctx, row.fraction, -1, 0, panel.state_text(row))
+          ImGui.ProgressBar(ctx, row.fraction, -1, 0, rows.state_text(row))
         else
-          ImGui.TextWrapped(ctx, panel.state_text(row))
+          ImGui.TextWrapped(ctx, rows.state_text(row))
         end
         ImGui.TableNextColumn(ctx)
         ImGui.Text(ctx, row.mine and "this project" or "elsewhere")
         ImGui.TableNextColumn(ctx)
-        for i, a in ipairs(panel.row_actions(row)) do
+        for i, a in ipairs(rows.row_actions(row)) do
           if i > 1 then ImGui.SameLine(ctx) end
           if ImGui.SmallButton(ctx, a[1] .. "##" .. row.id) then cmds[#cmds + 1] = { a[2], row.id } end
         end

@@ -1,0 +1,55 @@
+-- @noindex
+-- What the job panel's views show, in words: the daemon's state, a job's state with its progress
+-- and the time left, and the buttons a job offers. Both views (ReaImGui and gfx) use these, so
+-- they show the same information.
+local rows = {}
+
+-- The estimated time left of a running job from its start (epoch seconds) and fraction: the
+-- time so far, scaled. nil while there is too little progress to tell.
+function rows.eta(entry, now)
+  local f, started = tonumber(entry.fraction), tonumber(entry.started)
+  if entry.state ~= "running" or not f or not started or f < 0.01 or f >= 1 then return nil end
+  local left = math.max(0, (now - started) * (1 - f) / f)
+  return string.format("%d:%02d left", math.floor(left / 60), math.floor(left % 60))
+end
+
+function rows.daemon_line(d)
+  if d.state ~= "running" then
+    return "Daemon: " .. d.state .. (d.error and d.error ~= "" and (" (" .. d.error .. ")") or "")
+  end
+  local parts = { "Daemon: running" .. (d.version and (" " .. d.version) or "") }
+  if d.device then parts[#parts + 1] = "device " .. d.device end
+  if d.running then parts[#parts + 1] = string.format("%d running, %d queued", d.running, d.queued or 0) end
+  return table.concat(parts, " · ")
+end
+
+function rows.model_line(d)
+  if d.state ~= "running" then return "" end
+  local text = "Model: " .. tostring(d.model_state or "?")
+  if d.keep_alive_left then
+    text = text .. string.format(" · unloads in %d:%02d", math.floor(d.keep_alive_left / 60),
+      math.floor(d.keep_alive_left % 60))
+  end
+  return text
+end
+
+-- A row's state as words: "running 42% · 0:12 left", "failed: ... (code)".
+function rows.state_text(row)
+  if row.state == "running" then
+    return string.format("running %d%%%s", math.floor(row.fraction * 100 + 0.5), row.eta and (" · " .. row.eta) or "")
+  elseif row.state == "error" then
+    return "failed: " .. row.message .. (row.code and (" (" .. row.code .. ")") or "")
+  end
+  return row.state
+end
+
+-- The buttons a row offers.
+function rows.row_actions(row)
+  local out = {}
+  if row.state == "queued" or row.state == "running" then out[#out + 1] = { "Cancel", "cancel" } end
+  if row.state == "done" and row.mine then out[#out + 1] = { "Import again", "import" } end
+  if row.out ~= "" then out[#out + 1] = { "Folder", "folder" } end
+  return out
+end
+
+return rows
