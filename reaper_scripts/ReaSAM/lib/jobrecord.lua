@@ -73,6 +73,7 @@ function jobrecord.remember(job, stem_set)
     label = req.label or "", path = req.path or "", spans = table.concat(req.spans or {}, " "),
     name = job.prompt_name or "", text = job.prompt_text or "", out = job.out or "",
     prompts = table.concat(job.prompts or {}, "\n"), set = stem_set and 1 or 0, at = os.time(),
+    partial = req.partial and 1 or 0,
   }
   for short, long in pairs(NUMBERS) do rec[short] = util.num(req[long] or 0) end
   reaper.SetProjExtState(0, jobrecord.SECTION, job.id, encode(rec))
@@ -106,7 +107,7 @@ function jobrecord.job(id)
   local take = item and reaper.GetActiveTake(item) or nil
   if take and guid_of("take", take) ~= rec.take then take = nil end
   local req = { item = item, take = take, track = rec.track ~= "" and find_track(rec.track) or nil,
-    label = rec.label, path = rec.path, spans = {} }
+    label = rec.label, path = rec.path, spans = {}, partial = rec.partial == "1" }
   for short, long in pairs(NUMBERS) do req[long] = tonumber(rec[short]) or 0 end
   for span in (rec.spans or ""):gmatch("%S+") do req.spans[#req.spans + 1] = span end
   local prompts = {}

@@ -204,8 +204,13 @@ function Panel:import_again(id)
     return self:say(string.format("cannot import %s again: cannot read %s (%s)", id, mpath,
       tostring(rerr or "not JSON")))
   end
+  -- The settings of today, as a new run would use them (runner.new): tracks or takes, and a
+  -- repeat replaces the stems ReaSAM made for that item and region unless set to keep them.
+  local place = settings.get("place")
   local opts = { folder = settings.get("folder"), mute = settings.get("mute_original"),
-    batch = util.new_id("again"), import_absent = true }
+    batch = util.new_id("again"), import_absent = true, place = place == "tracks" and "tracks" or "takes",
+    take_residual = place ~= "target_takes", active_take = settings.get("active_take"),
+    on_repeat = settings.get("on_repeat") }
   local ok, result, err = pcall(stem_set and importer.import_set or importer.import, job, manifest, opts)
   if not ok then result, err = nil, result end
   if not result then return self:say("import of " .. id .. " failed: " .. tostring(err)) end
