@@ -9,7 +9,15 @@ local C = require("check")
 local wav = require("wav")
 local socket = require("socket")
 
-local MAX_TICK = 0.1 -- CPU seconds; REAPER's UI must never wait on a ReaSAM tick longer than this
+-- REAPER's UI must never wait on a ReaSAM tick. What would make it wait is counted, not timed (a
+-- busy machine must not fail a spec): no blocking call at all (os.execute, io.popen, ExecProcess
+-- with a timeout, a socket receive that may wait, socket.sleep: reaper_model.lua records them),
+-- and a bounded amount of work per tick: a tick reads a status or manifest JSON (about 2 KB),
+-- never audio, and imports one job's stems (a stem set has at most four).
+local MAX_TICK_BYTES = 64 * 1024
+local MAX_TICK_ITEMS = 4
+-- CPU seconds, only as a "does not hang" bound: a tick takes about 5 ms.
+local MAX_TICK_CPU = 2.0
 
 local TRANSPORTS = {
   { name = "UDP", sockets = true },
@@ -73,7 +81,9 @@ describe("actions", function()
     assert.are.same({}, model.blocking_calls)
     assert.are.same({}, model.refresh_violations)
     assert.are.equal(0, model.undo_depth)
-    assert.is_true(model.max_tick < MAX_TICK, ("a tick took %.3f s"):format(model.max_tick))
+    assert.is_true(model.max_tick_bytes <= MAX_TICK_BYTES, ("a tick read %d bytes"):format(model.max_tick_bytes))
+    assert.is_true(model.max_tick_items <= MAX_TICK_ITEMS, ("a tick added %d items"):format(model.max_tick_items))
+    assert.is_true(model.max_tick < MAX_TICK_CPU, ("a tick took %.3f s of CPU time"):format(model.max_tick))
     for _, e in ipairs(model.exec) do
       assert.are.equal(-1, e.timeout, "a blocking ExecProcess: " .. e.cmd)
     end
@@ -240,11 +250,10 @@ describe("actions", function()
           end
           return false
         end, 60))
-        local t0 = os.time()
         model.gfx_keys[1] = 27
         model.run_until(function() return not model.running() end, 30)
         healthy()
-        assert.is_true(os.time() - t0 < 15)
+        assert.is_false(model.running(), "the script still runs after Esc")
         assert.are.equal(1, #model.tracks)
         assert.are.equal(0, item.info.B_MUTE)
         assert.are.equal(0, #model.undo)

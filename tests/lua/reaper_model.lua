@@ -72,6 +72,8 @@ function M.new(opts)
     max_tick = 0,
     items_added = 0, -- by AddMediaItemToTrack
     max_tick_items = 0, -- the most items one call (main chunk or deferred) added
+    bytes_read = 0, -- through files the scripts opened
+    max_tick_bytes = 0, -- the most bytes one call (main chunk or deferred) read
     peaks_calls = 0,
     resource = opts.resource or os.tmpname() .. "-res",
     media = opts.media,
@@ -887,9 +889,87 @@ function M.new(opts)
     execute = forbid("os.execute", "blocks the UI until the command ends"),
     exit = forbid("os.exit", "quits REAPER"),
   }, { __index = os })
+  -- Files a script opens count the bytes it reads (model.bytes_read; model.max_tick_bytes is the
+  -- most one call read), so a spec can bound a tick's work without timing it.
+  local function counted_file(f)
+    local file = {}
+    local function count(...)
+      for i = 1, select("#", ...) do
+        local v = select(i, ...)
+        if type(v) == "string" then model.bytes_read = model.bytes_read + #v end
+      end
+      return ...
+    end
+    function file.read(_, ...) return count(f:read(...)) end
+    function file.lines(_, ...)
+      local it = f:lines(...)
+      return function() return count(it()) end
+    end
+    return setmetatable(file, {
+      __index = function(_, k)
+        local v = f[k]
+        if type(v) ~= "function" then return v end
+        return function(_, ...) return v(f, ...) end
+      end,
+      __close = function() f:close() end,
+    })
+  end
   local script_io = setmetatable({
     popen = forbid("io.popen", "blocks the UI until the command ends"),
+    open = function(...)
+      local f, err, code = io.open(...)
+      if not f then return f, err, code end
+      return counted_file(f)
+    end,
   }, { __index = io })
+
+  -- LuaSocket as a script sees it: the real module, with every call that can wait recorded in
+  -- model.blocking_calls (REAPER's UI stands still meanwhile): a receive or accept on a socket
+  -- whose timeout is not 0, socket.sleep, socket.select with a timeout other than 0. A wait uses
+  -- no CPU time, so only counting the calls catches it; a busy machine cannot change the count.
+  local script_socket
+  local function socket_for_scripts()
+    if script_socket then return script_socket end
+    local real = require("socket")
+    local function blocking(what) model.blocking_calls[#model.blocking_calls + 1] = what end
+    local WAITS = { receive = true, receivefrom = true, accept = true }
+    local function wrap(obj)
+      local timeout = -1 -- LuaSocket's default: wait forever
+      local proxy = {}
+      return setmetatable(proxy, {
+        __index = function(_, k)
+          local v = obj[k]
+          if type(v) ~= "function" then return v end
+          return function(self, ...)
+            if self == proxy then self = obj end
+            if k == "settimeout" then timeout = tonumber((...)) or -1 end
+            if WAITS[k] and timeout ~= 0 then blocking(("socket:%s (timeout %s)"):format(k, timeout)) end
+            return v(self, ...)
+          end
+        end,
+      })
+    end
+    script_socket = setmetatable({
+      sleep = function(t)
+        if (tonumber(t) or 0) > 0 then blocking("socket.sleep(" .. tostring(t) .. ")") end
+        return real.sleep(t)
+      end,
+      select = function(r, w, t)
+        if t == nil or t ~= 0 then blocking("socket.select(timeout " .. tostring(t) .. ")") end
+        return real.select(r, w, t)
+      end,
+    }, { __index = real })
+    for _, name in ipairs({ "udp", "udp4", "udp6", "tcp", "tcp4", "tcp6" }) do
+      if real[name] then
+        script_socket[name] = function(...)
+          local obj, err = real[name](...)
+          if not obj then return obj, err end
+          return wrap(obj)
+        end
+      end
+    end
+    return script_socket
+  end
 
   -- A script's environment: its own `reaper` proxy (defer/atexit/get_action_context bound to
   -- the script), its own package table and require cache, and the os/io above.
@@ -921,7 +1001,7 @@ function M.new(opts)
           end
           error(table.concat(lines, "\n"), 2)
         end
-        return require(name)
+        return socket_for_scripts()
       end
       local file = package.searchpath(name, pkg.path)
       local builtin = model.imgui_builtin and file and file:sub(1, #model.imgui_builtin) == model.imgui_builtin
@@ -950,9 +1030,11 @@ function M.new(opts)
     local env, script = model.new_env(path)
     model.scripts[#model.scripts + 1] = script
     local chunk = assert(loadfile(path, "t", env))
-    local t0 = os.clock()
+    local t0, n0, b0 = os.clock(), model.items_added, model.bytes_read
     local ok, err = xpcall(chunk, debug.traceback)
     model.record_tick(os.clock() - t0)
+    model.max_tick_items = math.max(model.max_tick_items, model.items_added - n0)
+    model.max_tick_bytes = math.max(model.max_tick_bytes, model.bytes_read - b0)
     if not ok then
       script.errors[#script.errors + 1] = err
       model.errors[#model.errors + 1] = err
@@ -973,9 +1055,10 @@ function M.new(opts)
     end
   end
 
-  -- A tick's cost is measured in CPU time (os.clock): a busy test machine that deschedules the
-  -- process must not fail a spec. Waiting inside a tick is caught otherwise: the calls that
-  -- block are forbidden (below) and the scripts' sockets are non-blocking.
+  -- A tick's cost is measured in CPU time (os.clock), for "does not hang" bounds only: a busy
+  -- test machine must not fail a spec. Waiting inside a tick is counted instead: the calls that
+  -- block are forbidden or recorded in model.blocking_calls (above), and the work of a tick is
+  -- bounded by counts (model.max_tick_items, model.max_tick_bytes).
   function model.record_tick(dt)
     model.tick_times[#model.tick_times + 1] = dt
     if dt > model.max_tick then model.max_tick = dt end
@@ -1003,10 +1086,11 @@ function M.new(opts)
       local s = entry.script
       s.pending = s.pending - 1
       if s.alive then
-        local t0, n0 = os.clock(), model.items_added
+        local t0, n0, b0 = os.clock(), model.items_added, model.bytes_read
         local ok, err = xpcall(entry.fn, debug.traceback)
         model.record_tick(os.clock() - t0)
         model.max_tick_items = math.max(model.max_tick_items, model.items_added - n0)
+        model.max_tick_bytes = math.max(model.max_tick_bytes, model.bytes_read - b0)
         if not ok then
           s.errors[#s.errors + 1] = err
           model.errors[#model.errors + 1] = err

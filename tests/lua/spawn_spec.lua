@@ -22,10 +22,13 @@ describe("spawn", function()
   end
 
   it("runs a command in the background and reads its exit code and output", function()
-    local t0 = socket.gettime()
-    local h = assert(spawn.command("t", { "/bin/sh", "-c", "sleep 0.3; echo 'out put'; echo oops >&2; exit 3" }))
-    assert.is_true(socket.gettime() - t0 < 0.2) -- returned before the command ended
+    -- The command ends only once the spec lets it: spawn.command returning and h:poll() saying
+    -- "still running" prove it did not wait, however slow the machine.
+    local go = H.tmpdir("go") .. "/go"
+    local h = assert(spawn.command("t", { "/bin/sh", "-c",
+      "while [ ! -e '" .. go .. "' ]; do sleep 0.02; done; echo 'out put'; echo oops >&2; exit 3" }))
     assert.is_nil(h:poll())
+    io.open(go, "w"):close()
     local rc, out, err = wait(h)
     assert.are.equal(3, rc)
     assert.are.equal("out put\n", out)
@@ -114,13 +117,48 @@ describe("spawn", function()
     local dir = H.tmpdir("blocking")
     local action = dir .. "/Blocking action.lua"
     local out = assert(io.open(action, "w"))
-    out:write("os.execute('sleep 5')\n")
+    out:write(("os.execute('touch %s/ran')\n"):format(dir))
     out:close()
-    local t0 = socket.gettime()
     model.run_action(action)
-    assert.is_true(socket.gettime() - t0 < 1)
+    assert.is_nil(io.open(dir .. "/ran")) -- refused, not run
     assert.are.equal(1, #model.errors)
     assert.matches("os.execute blocks the UI", model.errors[1])
+  end)
+
+  it("counts the socket calls that may wait and the bytes each tick reads, without timing them", function()
+    local dir = H.tmpdir("ticks")
+    local action = dir .. "/Ticks.lua"
+    local out = assert(io.open(action, "w"))
+    out:write([[
+      local socket = require("socket")
+      local u = socket.udp()
+      u:setsockname("127.0.0.1", 0)
+      u:settimeout(0)
+      assert(u:receivefrom() == nil) -- non-blocking: nothing to read, returns at once
+      local f = assert(io.open(]] .. ("%q"):format(H.TESTS .. "/helpers.lua") .. [[, "rb"))
+      local text = f:read("a")
+      f:close()
+      reaper.defer(function()
+        u:settimeout(0.01)
+        u:receivefrom() -- may wait
+        socket.sleep(0.01)
+        socket.select({}, nil, 0) -- polls
+        u:close()
+      end)
+      return text
+    ]])
+    out:close()
+    model.run_action(action)
+    assert.are.same({}, model.errors)
+    assert.are.same({}, model.blocking_calls)
+    local f = assert(io.open(H.TESTS .. "/helpers.lua", "rb"))
+    local size = #f:read("a")
+    f:close()
+    assert.are.equal(size, model.max_tick_bytes)
+    model.tick()
+    assert.are.same({}, model.errors)
+    assert.are.same({ "socket:receivefrom (timeout 0.01)", "socket.sleep(0.01)" }, model.blocking_calls)
+    assert.are.equal(size, model.bytes_read)
   end)
 end)
 
