@@ -3,7 +3,7 @@
 # system packages (python3-venv, Lua 5.4 + LuaSocket + busted + luacheck, liblo's
 # oscsend/oscdump, ffmpeg, fluidsynth + a GM soundfont, espeak-ng, sonic-pi drum samples), the
 # Python package with its test and cluster (Ray) extras, then ruff and pytest (which also runs
-# the Lua specs and luacheck).
+# the Lua specs and luacheck), two test files at a time (pytest-xdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES="python3-venv lua5.4 lua-socket lua-busted lua-check liblo-tools ffmpeg fluidsynth
@@ -22,4 +22,6 @@ bash install/setup.sh --no-demo
 # The cluster extra (Ray) too: the batch tests run a real local Ray instance.
 .venv/bin/python -m pip install -q -e '.[test,cluster]'
 .venv/bin/ruff check daemon tests bench
-.venv/bin/python -m pytest -q "$@"
+# Two workers, one test file each at a time (module fixtures such as a shared daemon or the Ray
+# instance stay on one worker): about a third less wall time on 2 cores. `-n 0` runs serially.
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
