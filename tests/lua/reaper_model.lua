@@ -921,6 +921,14 @@ function M.new(opts)
       if not f then return f, err, code end
       return counted_file(f)
     end,
+    close = function(f)
+      if f == nil then return io.close() end
+      return f:close()
+    end,
+    type = function(f)
+      if type(f) == "table" and getmetatable(f) and f.seek then return "file" end
+      return io.type(f)
+    end,
   }, { __index = io })
 
   -- LuaSocket as a script sees it: the real module, with every call that can wait recorded in
