@@ -17,9 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -114,16 +116,27 @@ def test_luacheck_is_clean() -> None:
     assert "0 warnings / 0 errors" in proc.stdout
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path, as a user's would be: the specs' file names show up
+    in message boxes and panel rows, and pytest-xdist's tmp_path (…/popen-gw0/test_busted_…) is
+    long enough to push them out of a gfx row."""
+    folder = Path(tempfile.mkdtemp(prefix="reasam-lua-"))
+    yield folder
+    if "REASAM_KEEP_TMP" not in os.environ:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize(
     "spec",
     [pytest.param(s, marks=pytest.mark.slow) if s.name in INTEGRATION else s for s in SPECS],
     ids=[s.stem for s in SPECS],
 )
-def test_busted_spec(spec: Path, tmp_path: Path) -> None:
+def test_busted_spec(spec: Path, short_tmp: Path) -> None:
     busted = _need("busted")
     _need("lua5.4")
     marker = uuid.uuid4().hex
-    env = _spec_env(tmp_path, marker)
+    env = _spec_env(short_tmp, marker)
     try:
         proc = subprocess.run(
             [busted, "--lua=lua5.4", str(spec.relative_to(ROOT))],
