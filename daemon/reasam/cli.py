@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import os
 import re
 import sys
 import time
@@ -17,7 +19,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .cli_separate import SEED_HELP
@@ -355,14 +357,28 @@ def _print(body: dict[str, Any]) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .osc import serve
 
-    return serve(_load_settings(args))
+    return _exit_at_once(serve(_load_settings(args)))
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .osc import serve
 
     args.watch = [*args.folders, *(args.watch or [])]
-    return serve(_load_settings(args))
+    return _exit_at_once(serve(_load_settings(args)))
+
+
+def _exit_at_once(code: int) -> NoReturn:
+    """End the process once `serve` has stopped cleanly, skipping the interpreter's teardown.
+
+    By then every job is done or journaled, the socket is closed and the daemon file removed; what
+    is left is tearing down torch and the engines' modules, which took about 0.85 s on a 2-core
+    machine and is waited on by whoever stopped the daemon (a service manager, the REAPER panel's
+    Stop, a restart). Logs and standard streams are flushed first, so nothing written is lost."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
