@@ -188,7 +188,7 @@ if [ "$DEMO" = 1 ]; then
   step "running the example: the vocals of a generated song, on the CPU with the embedded engine"
   .venv/bin/reasam example examples/demo.wav >/dev/null
   # A new folder per run, never overwriting: demo-vocals/, then demo-vocals-2/, ...
-  stems=$(.venv/bin/reasam separate examples/demo.wav --prompt vocals --out reasam-output)
+  stems=$(.venv/bin/reasam separate examples/demo.wav --prompt vocals --device cpu --out reasam-output)
   echo "$stems" | sed 's/^/    /'
 fi
 cat <<EOF

@@ -624,7 +624,7 @@ def test_ray_missing_is_one_line_and_exit_2(tmp_path: Path) -> None:
     cmd = [PYTHON, "-c", code, "batch", str(manifest), "--out", str(tmp_path / "out"), "--ray"]
     res = subprocess.run(cmd, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
-    assert res.stderr.count("\n") == 1 and "reasam[cluster]" in res.stderr
+    assert res.stderr.count("\n") == 1 and "pip install 'ray[data]'" in res.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -311,7 +311,9 @@ ACTOR_START_TIMEOUT = 600  # seconds for the actor pool to start (model loads co
 
 def ray_missing() -> ReasamError:
     return ReasamError(
-        "bad_request", "--ray needs Ray Data: pip install 'reasam[cluster]' (or 'ray[data]')", usage=True
+        "bad_request",
+        "--ray needs Ray Data: pip install 'ray[data]' (in a clone: pip install -e '.[cluster]')",
+        usage=True,
     )
 
 

@@ -603,9 +603,26 @@ def _accept_debug_anywhere(parser: argparse.ArgumentParser) -> None:
                 _accept_debug_anywhere(child)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line, letting `separate` take inputs after its options as demucs and
+    spleeter do (`reasam separate a.wav -p vocals b.wav`): argparse alone would stop at the first
+    option and call the rest unrecognised."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    command = getattr(args, "command", None)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    child = sub.choices.get(command, parser) if command else parser
+    if command == "separate" and not any(e.startswith("-") for e in extra):
+        args.inputs = [*args.inputs, *map(Path, extra)]
+        return args
+    child.error(f"unrecognized arguments: {' '.join(extra)}")
+    raise AssertionError("unreachable: error() exits")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         return args.func(args)
     except NoAnswer as exc:

@@ -191,15 +191,24 @@ def stem_plan(request: Request, job_dir: Path) -> list[StemPlan]:
     return [StemPlan(role, name, job_dir / file) for (role, name, _), file in zip(stems, files, strict=True)]
 
 
+# File systems allow 255 bytes in a name; a stem is first written as `.NAME.XXXXXXXX.partial`.
+NAME_MAX = 255 - len("..12345678.partial")
+
+
 def _file_name(request: Request, stem: str) -> str:
     """A stem's file name: the template's fields filled in (request.check_filename)."""
     source = request.source
     name = (request.output.filename or DEFAULT_FILENAME).format(
         track=source.stem, trackext=source.suffix.lstrip("."), stem=stem, ext=request.output.format
     )
-    if name in (".", "..") or "/" in name or os.sep in name or name in RESERVED_NAMES:
+    if name in (".", "..") or "/" in name or os.sep in name or name.casefold() in RESERVED_NAMES:
         raise bad_request(
             f"file-name template {request.output.filename!r} gives the stem {stem!r} the name {name!r}"
+        )
+    if len(name.encode()) > NAME_MAX:
+        raise bad_request(
+            f"file-name template {request.output.filename!r} gives the stem {stem!r} a name of "
+            f"{len(name.encode())} bytes; file systems allow {NAME_MAX}"
         )
     return name
 

@@ -174,13 +174,16 @@ def check_filename(template: str) -> None:
         raise bad_request(
             f"{what}: fields take no format spec or conversion (write {{stem}}, not {{stem:…}})"
         )
-    literal = "".join(text for text, _, _, _ in parts)
-    if any(sep in literal for sep in ("/", "\\")) or ".." in literal:
+    literals = [text for text, _, _, _ in parts]
+    if any(sep in text for text in literals for sep in ("/", "\\")) or any(".." in t for t in literals):
         raise bad_request(f"{what}: a stem file name cannot hold a path separator or '..'")
-    if template.startswith(".") or any(ord(c) < 32 for c in literal):
+    if template.startswith(".") or any(ord(c) < 32 for text in literals for c in text):
         raise bad_request(f"{what}: a stem file name cannot start with '.' or hold control characters")
     if "stem" not in fields:
         raise bad_request(f"{what} has no {{stem}}: every stem would get the same name")
+    if not template.endswith(".{ext}"):
+        # The file's extension is what players and REAPER go by: it must name the format written.
+        raise bad_request(f"{what} must end with .{{ext}}, the extension of the format written")
 
 
 @dataclass(frozen=True)
