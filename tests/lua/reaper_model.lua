@@ -263,7 +263,8 @@ function M.new(opts)
     if type(ptr) ~= "table" then return false end
     if kind == "MediaTrack*" then return ptr.kind == "track" and alive_track(ptr) end
     if kind == "MediaItem*" then return ptr.kind == "item" and alive_item(ptr) end
-    if kind == "MediaItem_Take*" then return ptr.kind == "take" and alive_item(ptr.item) end
+    if kind == "MediaItem_Take*" then return ptr.kind == "take" and not ptr.dead and alive_item(ptr.item) end
+    if kind == "PCM_source*" then return ptr.kind == "source" and not ptr.dead end
     error("ValidatePtr2: unknown type " .. tostring(kind))
   end
 
@@ -397,11 +398,14 @@ function M.new(opts)
   end
   R.SetMediaItemTake_Source = function(take, src)
     assert(src and src.kind == "source", "SetMediaItemTake_Source: not a source")
+    if take.dead or src.dead then error("SetMediaItemTake_Source: a take or source REAPER has freed", 2) end
     take.source = src
     edit()
     return true
   end
   R.PCM_Source_BuildPeaks = function(src, mode)
+    assert(src and src.kind == "source", "PCM_Source_BuildPeaks: not a source")
+    if src.dead then error("PCM_Source_BuildPeaks: a source REAPER has freed (its take was made anew)", 2) end
     model.peaks_calls = model.peaks_calls + 1
     src.peaks_state = src.peaks_state or 0
     if mode == 0 then
@@ -555,6 +559,25 @@ function M.new(opts)
     if table.concat(rest, "\n") ~= item_chunk(item, false) then
       error("SetItemStateChunk: the model takes changes to take envelopes only; the rest of the chunk differs:\n"
         .. table.concat(rest, "\n"), 2)
+    end
+    -- REAPER makes the item's takes (and their sources) anew from the chunk: the old take and
+    -- source pointers are freed (ValidatePtr2 false; BuildPeaks and SetMediaItemTake_Source on
+    -- them raise here, where REAPER could crash). The new ones keep the chunk's GUIDs and values.
+    local function renew_source(src)
+      if not src then return nil end
+      local copy = {}
+      for k, v in pairs(src) do copy[k] = v end
+      copy.parent = renew_source(src.parent)
+      src.dead = true
+      return copy
+    end
+    for k, old in ipairs(item.takes) do
+      local tk = {}
+      for key, v in pairs(old) do tk[key] = v end
+      tk.source = renew_source(old.source)
+      old.dead = true
+      item.takes[k] = tk
+      if item.active == old then item.active = tk end
     end
     for k, tk in ipairs(item.takes) do
       tk.envs = {}

@@ -316,6 +316,8 @@ describe("stems as takes, repeats and regions", function()
         assert.are.same(PAN, model.envelope_points(t.envs.Pan))
         assert.is_nil(t.envs.Volume.chunk:match("EGUID")) -- a GUID of its own, given by REAPER
         assert.is_nil(t.envs.Mute)
+        -- the chunk write made the take and its source anew: peaks went to the new source
+        assert.is_true(t.source.peaks_built)
       end
       C.stems_sum(item, model.tracks[2].items[1], model.tracks[3].items[1])
       -- only the time selection: the stem items start 0.5 s later, so do their envelopes' points
@@ -339,6 +341,7 @@ describe("stems as takes, repeats and regions", function()
         assert.are.same(VOL, model.envelope_points(t.envs.Volume))
         local _, ok = model.reaper.GetItemStateChunk(item, "", false)
         assert.are.equal(3, select(2, ok:gsub("<VOLENV", ""))) -- the original's and one per stem take
+        assert.is_true(t.source.peaks_built) -- on the source the final take holds
       end
       C.takes_sum(item, take, { item.takes[2], item.takes[3] })
     end)

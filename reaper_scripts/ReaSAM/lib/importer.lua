@@ -53,6 +53,13 @@ local function valid(ptr, kind)
   return true
 end
 
+local function take_index(item, take)
+  for i = 0, reaper.CountTakes(item) - 1 do
+    if reaper.GetTake(item, i) == take then return i end
+  end
+  error("the stem take is not in its item", 0)
+end
+
 -- What one import call changed, so that a failure can take it back: the tracks and items it
 -- created, and the values it changed on objects that were there before.
 local function new_changes()
@@ -413,10 +420,7 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
   end
   local takes_ok = importer.takes_refusal(req, use, rate) == nil
   return transaction(job, opts, result, function(changes)
-    for _, p in ipairs(use) do
-      p.src = open_source(p.stem.path)
-      result.sources[#result.sources + 1] = p.src
-    end
+    for _, p in ipairs(use) do p.src = open_source(p.stem.path) end
     local earlier = opts.on_repeat == "keep" and {} or marks.earlier(job)
     local reuse = marks.reusable(earlier, use, takes_ok)
     local out_takes, pending = {}, {}
@@ -474,7 +478,20 @@ local function import_plan(job, plan, rate, opts, result, make_tracks)
     elseif opts.mute and valid(req.item, "MediaItem*") then
       set_existing(changes, "MediaItem*", req.item, "B_MUTE", 1)
     end
+    -- Where each stem take sits: the envelope copy writes item chunks, from which REAPER may
+    -- make the takes and their sources anew, freeing the pointers held until then.
+    local places = {}
+    for i, e in ipairs(pending) do
+      local item = reaper.GetMediaItemTake_Item(e[1])
+      places[i] = { item, take_index(item, e[1]) }
+    end
     take_envelopes.copy(job.request.take, pending) -- after the rest: it may make the items' takes anew
+    -- The sources (for peaks) are read back from the takes as they are now.
+    for _, pl in ipairs(places) do
+      local take = reaper.GetTake(pl[1], pl[2])
+      local src = take and reaper.GetMediaItemTake_Source(take)
+      if src then result.sources[#result.sources + 1] = src end
+    end
     -- The earlier stem items (all of them ReaSAM's) go last: nothing can fail after this, so a
     -- failure before it leaves them as they were.
     delete_items(earlier)

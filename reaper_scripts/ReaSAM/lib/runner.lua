@@ -393,7 +393,11 @@ function Run:build_peaks(now)
   local deadline = now + PEAK_BUDGET
   while #self.peaks > 0 and reaper.time_precise() < deadline do
     local p = self.peaks[1]
-    if p.mode == 0 then
+    -- A source freed since the import (the user deleted the stem, or undid it) is left alone:
+    -- BuildPeaks on a freed source could crash REAPER.
+    if reaper.ValidatePtr2 and not reaper.ValidatePtr2(0, p.src, "PCM_source*") then
+      p.mode = 3
+    elseif p.mode == 0 then
       local need = reaper.PCM_Source_BuildPeaks(p.src, 0)
       p.mode = (need ~= 0) and 1 or 3
     elseif p.mode == 1 then
