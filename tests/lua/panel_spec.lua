@@ -329,6 +329,37 @@ describe("job panel", function()
     healthy()
   end)
 
+  it("imports stems placed as takes again as takes, replacing the earlier ones, lined up", function()
+    new_model(CASES[1])
+    model.set_setting("place", "takes")
+    local tr = model.add_track("Mix")
+    local item, orig = model.add_item(tr, { file = song, position = 0.5, startoffs = 0.25, length = 3 })
+    orig.info.D_PANLAW = 0.5
+    script = model.run_action(H.action("Separate selection - drums"))
+    model.run_until(function() return not model.running() end, 90)
+    assert.are.equal(3, #item.takes)
+    local target, residual = item.takes[2], item.takes[3]
+    assert.are.equal(target, item.active) -- the original take is no longer the active one
+    local job = target.ext.reasam_job
+    local before = { target.source, residual.source }
+    script = model.run_action(H.action("ReaSAM - job panel"))
+    assert.is_true(until_row(job, function(r) return r.state == "done" and r.mine end))
+    click("Import again", job)
+    assert.is_true(model.run_until(function() return target.source ~= before[1] end, 10), model.console_text())
+    assert.are.same({ "Mix" }, C.track_names(model)) -- no new tracks
+    assert.are.equal(3, #item.takes) -- the earlier stem takes were replaced, not stacked
+    assert.are.same({ orig, target, residual }, item.takes)
+    assert.are_not.equal(before[2], residual.source)
+    for _, tk in ipairs({ target, residual }) do
+      assert.are.equal(job, tk.ext.reasam_job)
+      assert.are.equal(0.5, tk.info.D_PANLAW)
+    end
+    assert.are.equal(3 * 44100, C.takes_sum(item, orig, { target, residual }))
+    model.imgui_close = true
+    assert.is_true(model.run_until(function() return not model.running() end, 10))
+    healthy()
+  end)
+
   it("keeps one request in flight and merges at most 8 jobs of an answer per tick", function()
     -- A UDP port where nothing answers: the panel asks, waits, and asks again, one at a time.
     new_model(CASES[1])

@@ -104,8 +104,13 @@ function jobrecord.job(id)
   if not ok or ok == 0 or text == "" then return nil end
   local rec = decode(text)
   local item = rec.item ~= "" and find_item(rec.item) or nil
-  local take = item and reaper.GetActiveTake(item) or nil
-  if take and guid_of("take", take) ~= rec.take then take = nil end
+  -- The original take by its GUID among all the item's takes: after a separation into takes the
+  -- active one is a stem.
+  local take
+  for i = 0, (item and reaper.CountTakes(item) or 0) - 1 do
+    local tk = reaper.GetTake(item, i)
+    if tk and guid_of("take", tk) == rec.take then take = tk end
+  end
   local req = { item = item, take = take, track = rec.track ~= "" and find_track(rec.track) or nil,
     label = rec.label, path = rec.path, spans = {}, partial = rec.partial == "1" }
   for short, long in pairs(NUMBERS) do req[long] = tonumber(rec[short]) or 0 end
