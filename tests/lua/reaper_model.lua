@@ -470,6 +470,30 @@ function M.new(opts)
     return take
   end
 
+  -- The user's Item > Duplicate items (REAPER's action 41295): a copy of the item on its track
+  -- with every take, its values and its P_EXT extension data (saved in the item's chunk and
+  -- copied with it), but GUIDs of its own for the item and each take.
+  function model.duplicate_item(item, position)
+    local copy = { kind = "item", track = item.track, takes = {}, info = {}, selected = false,
+      ext = {} }
+    for k, v in pairs(item.info) do copy.info[k] = v end
+    for k, v in pairs(item.ext or {}) do copy.ext[k] = v end
+    copy.info.D_POSITION = position or item.info.D_POSITION + item.info.D_LENGTH
+    for i, tk in ipairs(item.takes) do
+      local t = { kind = "take", item = copy, info = {}, ext = {}, name = tk.name, stretch = tk.stretch,
+        source = tk.source, midi = tk.midi, fx = tk.fx }
+      for k, v in pairs(tk.info) do t.info[k] = v end
+      for k, v in pairs(tk.ext) do t.ext[k] = v end
+      copy.takes[i] = t
+      if item.active == tk then copy.active = t end
+    end
+    model.guid_of(copy)
+    for _, t in ipairs(copy.takes) do model.guid_of(t) end
+    item.track.items[#item.track.items + 1] = copy
+    edit()
+    return copy
+  end
+
   -- Take envelopes and item state chunks. reascripthelp: GetTakeEnvelopeByName(take, envname)
   -- ("Volume", "Pan", "Mute", ...; nil when the take has none), GetEnvelopeStateChunk(env, str,
   -- isundo), GetItemStateChunk(item, str, isundo) / SetItemStateChunk(item, str, isundo). There is

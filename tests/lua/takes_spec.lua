@@ -161,6 +161,25 @@ describe("stems as takes, repeats and regions", function()
       assert.are.equal(2, #model.undo) -- one per run: the removal and the new stems together
     end)
 
+    it("replace: a copy the user made of a stem item (its marks copied with it) is theirs and stays", function()
+      new_model()
+      local item = model.add_item(model.add_track("Mix"), { file = song, position = 1 })
+      run("Separate selection - drums")
+      local t_tr = model.tracks[2]
+      local stem = t_tr.items[1]
+      local copy = model.duplicate_item(stem, 6)
+      assert.are.equal(ext(stem.active, "reasam_job"), ext(copy.active, "reasam_job"))
+      item.selected = true
+      run("Separate selection - drums")
+      assert.are.same({ "Mix", "drums", "drums residual" }, C.track_names(model))
+      assert.are.equal(2, #t_tr.items) -- the earlier stem was replaced, the user's copy stays
+      assert.are.equal(copy, t_tr.items[1])
+      assert.are.equal(6, copy.info.D_POSITION)
+      assert.are_not.equal(stem, t_tr.items[2])
+      assert.are.equal(1, #model.tracks[3].items)
+      C.stems_sum(item, t_tr.items[2], model.tracks[3].items[1])
+    end)
+
     it("replace in takes: the earlier takes get the new stems; the original take is separated again", function()
       new_model({ place = "takes" })
       local item, orig = model.add_item(model.add_track("Mix"), { file = song, position = 0, startoffs = 0.25,

@@ -40,6 +40,9 @@ function marks.stamp(take, job, stem)
   set(take, "P_EXT:reasam_item", obj_guid("MediaItem*", req.item), true)
   set(take, "P_EXT:reasam_take", obj_guid("MediaItem_Take*", req.take), true)
   set(take, "P_EXT:reasam_region", util.num(req.region_start) .. ":" .. util.num(req.region_end), true)
+  -- The item the stem was put in: REAPER copies P_EXT data with a duplicated item (which gets a
+  -- GUID of its own), so a take whose item is not this one is in the user's copy.
+  set(take, "P_EXT:reasam_own", obj_guid("MediaItem*", reaper.GetMediaItemTake_Item(take)), true)
 end
 
 local function ext(take, key)
@@ -51,7 +54,8 @@ end
 -- item, or the item after a trim, is not a repeat: its stems stay): a list of
 -- { kind = "take", take } (a take of the original item) or { kind = "item", item, track } (an
 -- item holding only ReaSAM's takes, wherever the user moved it or however the track is named),
--- each with its stem key. A take the user put in an item of their own is theirs: not listed.
+-- each with its stem key. A take the user put in an item of their own, or a copy of a stem item
+-- the user made (its marks copied with it), is theirs: not listed.
 function marks.earlier(job)
   local req = job.request
   local item_guid = obj_guid("MediaItem*", req.item)
@@ -63,12 +67,16 @@ function marks.earlier(job)
     for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
       local it = reaper.GetTrackMediaItem(tr, i)
       local n, ours, hits = reaper.CountTakes(it), 0, {}
+      local it_guid = obj_guid("MediaItem*", it)
       for k = 0, n - 1 do
         local tk = reaper.GetTake(it, k)
-        if ext(tk, "reasam_role") ~= "" then ours = ours + 1 end
+        -- A stem take in an item other than the one ReaSAM put it in (a duplicate, with the
+        -- marks copied) is the user's: never replaced, never removed.
+        local placed = ext(tk, "reasam_own") == it_guid
+        if ext(tk, "reasam_role") ~= "" and placed then ours = ours + 1 end
         local a, b = ext(tk, "reasam_region"):match("^([^:]+):([^:]+)$")
         a, b = tonumber(a), tonumber(b)
-        if ext(tk, "reasam_item") == item_guid and ext(tk, "reasam_key") == key and a and b
+        if placed and ext(tk, "reasam_item") == item_guid and ext(tk, "reasam_key") == key and a and b
           and math.abs(a - req.region_start) < 1e-3 and math.abs(b - req.region_end) < 1e-3 then
           hits[#hits + 1] = tk
         end
