@@ -20,13 +20,17 @@ local CASES = {
 }
 
 describe("job panel", function()
-  local d, dir, song, long_song, tiny, bin, opened
+  local d, dir, deep, song, long_song, tiny, bin, opened
   local model, script
 
   setup(function()
     d = D.start()
     dir = H.tmpdir("panel")
-    song = dir .. "/song.wav"
+    -- the audio in a 120-character folder: a row shows its file name and its project whatever
+    -- the temporary folder's length
+    deep = dir .. "/" .. string.rep("f", 120)
+    os.execute("mkdir -p '" .. deep .. "'")
+    song = deep .. "/the-whole-band-live-at-the-hall-take-3.wav"
     local samples = wav.test_signal(4, 44100, 1)
     wav.write(song, 44100, 2, samples)
     long_song = dir .. "/long.wav"
@@ -147,6 +151,23 @@ describe("job panel", function()
     return table.concat(model.imgui and (model.imgui_text or {}) or model.gfx_text, "\n")
   end
 
+  -- Whether the view shows `pattern` (gfx: scrolling down a notch per tick until it does, then
+  -- back up as far).
+  local function shows(pattern)
+    if model.imgui then return shown():find(pattern) ~= nil end
+    local found, notches = false, 0
+    for _ = 1, 60 do
+      model.tick()
+      found = shown():find(pattern) ~= nil
+      if found then break end
+      model.gfx.mouse_wheel = -120
+      notches = notches + 1
+    end
+    model.gfx.mouse_wheel = 120 * notches
+    model.tick()
+    return found
+  end
+
   local function read_opened()
     local f = io.open(opened)
     local text = f and f:read("a") or ""
@@ -172,7 +193,7 @@ describe("job panel", function()
           send("/reasam/separate", { tag .. "-long-" .. i, long_song, "drums", "engine", "dsp",
             "region", "0:" .. (150 + i) })
         end
-        local doomed = dir .. "/doomed-" .. tag .. ".wav"
+        local doomed = deep .. "/doomed-" .. tag .. ".wav"
         wav.write(doomed, 44100, 2, (wav.test_signal(1, 44100, 3)))
         send("/reasam/separate", { tag .. "-gone", doomed, "drums", "engine", "dsp" })
         send("/reasam/separate", { tag .. "-cancelled", tiny, "drums", "engine", "dsp", "region", "0:0.5" })
@@ -194,7 +215,11 @@ describe("job panel", function()
         assert.is_false(row(tag .. "-tiny-1").mine)
         assert.are.equal("done", row(tag .. "-tiny-1").state, row(tag .. "-tiny-1").message)
         assert.matches("running %d+%% · %d+:%d%d left", shown())
-        if model.imgui then assert.matches("this project", shown()) end
+        -- this project's job: the marker and the file's name (gfx: first, on the job's line)
+        local name = "the%-whole%-band%-live%-at%-the%-hall%-take%-3%.wav"
+        local label = model.imgui and ("drums: " .. name .. "\n[^\n]*\nthis project")
+          or ("\nthis project · drums: " .. name .. "\n")
+        assert.is_true(shows(label), shown())
         assert.matches("Daemon: running", shown())
         -- bounded work: the reply's entries were merged a few per tick
         assert.is_true(#p.rows > 8)

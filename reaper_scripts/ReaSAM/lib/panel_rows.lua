@@ -43,6 +43,24 @@ function rows.state_text(row)
   return row.state
 end
 
+-- s cut to n characters in the middle ("start...end"): a path keeps its file name, a message
+-- its end.
+function rows.elide(s, n)
+  if #s <= n then return s end
+  if n <= 3 then return s:sub(1, n) end
+  local tail = (n - 3) // 2
+  return s:sub(1, n - 3 - tail) .. "..." .. s:sub(#s - tail + 1)
+end
+
+-- A job in at most n characters, the most telling first: "this project · " for this project's
+-- jobs, the prompt, then the source file's full path where it fits, else its base name.
+function rows.job_label(row, n)
+  local head = (row.mine and "this project · " or "") .. row.prompt .. ": "
+  local full = head .. row.source
+  if #full <= n then return full end
+  return rows.elide(head .. (row.source:match("([^/\\]+)$") or row.source), n)
+end
+
 -- The buttons a row offers.
 function rows.row_actions(row)
   local out = {}

@@ -105,21 +105,23 @@ function View:frame(p)
       break
     end
     y = y + 4
-    self:text(10, y, (row.what .. (row.mine and " (this project)" or "")):sub(1, 40))
+    -- The job on a line of its own (the window's width), then its state and buttons.
+    self:text(10, y, rows.job_label(row, (gfx.w - 20) // CHAR_W))
+    y = y + LINE
     if row.state == "running" or row.state == "queued" then
       gfx.set(0.3, 0.3, 0.32, 1)
-      gfx.rect(300, y, 260, 14, 1)
+      gfx.rect(24, y, 260, 14, 1)
       gfx.set(0.35, 0.65, 0.95, 1)
-      gfx.rect(300, y, math.floor(260 * row.fraction), 14, 1)
+      gfx.rect(24, y, math.floor(260 * row.fraction), 14, 1)
     end
     local failed = row.state == "error"
-    self:text(302, y, failed and ("failed" .. (row.code and (" (" .. row.code .. ")") or "")) or rows.state_text(row),
+    self:text(26, y, failed and ("failed" .. (row.code and (" (" .. row.code .. ")") or "")) or rows.state_text(row),
       row.final)
-    local bx = 570
+    local bx = 300
     for _, a in ipairs(rows.row_actions(row)) do bx = self:button(bx, y, a[1], { a[2], row.id }) end
     y = y + LINE
     if failed then -- the message on a line of its own
-      self:text(24, y, row.message:sub(1, 105), true)
+      self:text(24, y, rows.elide(row.message, math.max(20, (gfx.w - 34) // CHAR_W)), true)
       y = y + LINE
     end
   end

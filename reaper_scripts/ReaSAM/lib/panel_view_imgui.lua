@@ -84,7 +84,7 @@ function View:frame(p)
       for _, row in ipairs(p.rows) do
         ImGui.TableNextRow(ctx)
         ImGui.TableNextColumn(ctx)
-        ImGui.Text(ctx, row.what)
+        ImGui.Text(ctx, row.prompt .. ": " .. row.source)
         ImGui.TableNextColumn(ctx)
         if row.state == "running" or row.state == "queued" then
           ImGui.ProgressBar(ctx, row.fraction, -1, 0, rows.state_text(row))
