@@ -221,6 +221,8 @@ describe("job panel", function()
           or ("\nthis project · drums: " .. name .. "\n")
         assert.is_true(shows(label), shown())
         assert.matches("Daemon: running", shown())
+        -- the engines the daemon can use, and the one the actions ask for
+        assert.matches("Daemon: running [^\n]* · engines [^\n]*dsp[^\n]* · using dsp · device ", shown())
         -- bounded work: the reply's entries were merged a few per tick
         assert.is_true(#p.rows > 8)
         assert.are.equal(8, p.most_rows_in_a_tick)

@@ -43,7 +43,8 @@ function panel.new()
     mine = jobrecord.all(),
     daemon = { state = "looking" },
     note = "",
-    ticks = 0,
+    -- The most rows one tick merged: the job panel spec checks with it that the work per
+    -- tick stays bounded (ROWS_PER_TICK).
     most_rows_in_a_tick = 0,
     last_sent = -math.huge,
     pong_at = -math.huge,
@@ -208,7 +209,8 @@ function Panel:import_again(id)
   -- repeat replaces the stems ReaSAM made for that item and region unless set to keep them.
   local place = settings.get("place")
   local opts = { folder = settings.get("folder"), mute = settings.get("mute_original"),
-    batch = util.new_id("again"), import_absent = true, place = place == "tracks" and "tracks" or "takes",
+    batch = util.new_id("again"), import_absent = settings.get("import_absent"),
+    place = place == "tracks" and "tracks" or "takes",
     take_residual = place ~= "target_takes", active_take = settings.get("active_take"),
     on_repeat = settings.get("on_repeat") }
   local ok, result, err = pcall(stem_set and importer.import_set or importer.import, job, manifest, opts)
@@ -294,7 +296,6 @@ end
 
 function Panel:step()
   local now = reaper.time_precise()
-  self.ticks = self.ticks + 1
   if self.launcher then self:check_launcher() end
   if self.t then
     for _, ev in ipairs(self.t:poll(32)) do self:on_event(ev, now) end

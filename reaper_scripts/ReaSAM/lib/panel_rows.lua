@@ -13,11 +13,17 @@ function rows.eta(entry, now)
   return string.format("%d:%02d left", math.floor(left / 60), math.floor(left % 60))
 end
 
-function rows.daemon_line(d)
+-- The daemon's state; running: its version, the engines it can use (from its pong) and the one
+-- the actions ask for (the engine setting), its device and its jobs.
+function rows.daemon_line(d, engine)
   if d.state ~= "running" then
     return "Daemon: " .. d.state .. (d.error and d.error ~= "" and (" (" .. d.error .. ")") or "")
   end
   local parts = { "Daemon: running" .. (d.version and (" " .. d.version) or "") }
+  if type(d.engines) == "string" and d.engines ~= "" then
+    parts[#parts + 1] = "engines " .. d.engines:gsub(",%s*", ", ")
+  end
+  if engine then parts[#parts + 1] = "using " .. engine end
   if d.device then parts[#parts + 1] = "device " .. d.device end
   if d.running then parts[#parts + 1] = string.format("%d running, %d queued", d.running, d.queued or 0) end
   return table.concat(parts, " · ")

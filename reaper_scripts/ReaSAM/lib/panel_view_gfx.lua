@@ -74,7 +74,7 @@ function View:frame(p)
   gfx.rect(0, 0, gfx.w, gfx.h, 1)
   local d = p.daemon
   local y = 8
-  self:text(10, y, rows.daemon_line(d))
+  self:text(10, y, rows.daemon_line(d, settings.get("engine")))
   y = y + LINE
   self:text(10, y, rows.model_line(d), true) -- (a line even when empty: the buttons stay put)
   y = y + LINE + 4

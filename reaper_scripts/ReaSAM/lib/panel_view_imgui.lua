@@ -58,7 +58,7 @@ function View:frame(p)
       reaper.SetExtState(settings.SECTION, DOCK_KEY, tostring(dock), true)
     end
     local d = p.daemon
-    ImGui.Text(ctx, rows.daemon_line(d))
+    ImGui.Text(ctx, rows.daemon_line(d, settings.get("engine")))
     local model = rows.model_line(d)
     if model ~= "" then ImGui.TextWrapped(ctx, model) end
     if d.state == "running" then
