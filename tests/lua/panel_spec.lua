@@ -342,12 +342,26 @@ describe("job panel", function()
     model.run_until(function() return not model.running() end, 90)
     assert.are.equal(5, #model.tracks)
     local job = model.tracks[3].items[1].active.ext.reasam_job
+    -- As if the daemon had not found the drums: import again follows the import_absent setting
+    -- (off: a muted "(not found)" track after the rest), as a run does.
+    local mpath = model.media .. "/ReaSAM/" .. job .. "/manifest.json"
+    local f = assert(io.open(mpath))
+    local manifest = H.lib(model, "json").decode(f:read("a"))
+    f:close()
+    for _, st in ipairs(manifest.stems) do
+      if st.name == "drums" then st.present = false end
+    end
+    f = assert(io.open(mpath, "w"))
+    f:write(H.json_encode(manifest))
+    f:close()
     script = model.run_action(H.action("ReaSAM - job panel"))
     assert.is_true(until_row(job, function(r) return r.state == "done" and r.mine end))
     click("Import again", job)
     assert.is_true(model.run_until(function() return #model.tracks == 9 end, 10))
-    assert.are.same({ "Mix", "drums, harmonic, rest (ReaSAM)", "drums", "harmonic", "rest",
+    assert.are.same({ "Mix", "drums, harmonic, rest (ReaSAM)", "harmonic", "rest", "drums (not found)",
       "drums, harmonic, rest (ReaSAM)", "drums", "harmonic", "rest" }, C.track_names(model))
+    assert.are.same({ 0, 0, 1 }, { model.tracks[3].info.B_MUTE, model.tracks[4].info.B_MUTE,
+      model.tracks[5].info.B_MUTE })
     local items = { model.tracks[3].items[1], model.tracks[4].items[1], model.tracks[5].items[1] }
     assert.are.equal(job, items[1].active.ext.reasam_job)
     assert.are.equal(3 * 44100, C.set_sum(item, items))
