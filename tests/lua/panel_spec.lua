@@ -455,6 +455,18 @@ describe("job panel", function()
     healthy()
   end)
 
+  it("elides a job's name and a message in the middle, by characters, keeping the file name", function()
+    local rows = H.lib(H.model(), "panel_rows")
+    assert.are.equal("abc", rows.elide("abc", 3))
+    assert.are.equal("abcd...wxyz", rows.elide("abcdefghijklmnopqrstuvwxyz", 11))
+    assert.are.equal("éé...éé", rows.elide(string.rep("é", 20), 7.0)) -- (a gfx width is a float)
+    local job_row = { mine = true, prompt = "drums", source = "song.wav" }
+    assert.are.equal("this project · drums: song.wav", rows.job_label(job_row, 40))
+    job_row.source = string.rep("x", 30) .. "-take-3.wav"
+    assert.are.equal("this project · drums: xxxxxxxx...e-3.wav", rows.job_label(job_row, 40))
+    assert.are.equal("this project...-take-3.wav", rows.job_label(job_row, 26)) -- too narrow for more
+  end)
+
   it("opens folders with SWS's CF_ShellExecute when it is there, else the platform's opener", function()
     local cases = {
       { "Win64", 'explorer.exe "C:\\p q"', "C:\\p q" },

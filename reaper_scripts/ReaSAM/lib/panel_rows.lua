@@ -50,21 +50,33 @@ function rows.state_text(row)
 end
 
 -- s cut to n characters in the middle ("start...end"): a path keeps its file name, a message
--- its end.
+-- its end. Counted in UTF-8 characters (a name's accented letter is not cut in two); bytes
+-- when s is not UTF-8.
 function rows.elide(s, n)
-  if #s <= n then return s end
-  if n <= 3 then return s:sub(1, n) end
+  n = math.floor(n)
+  local len = utf8.len(s)
+  local function at(i) -- the byte where character i starts
+    if not len then return i end
+    return utf8.offset(s, i) or #s + 1
+  end
+  len = len or #s
+  if len <= n then return s end
+  if n <= 3 then return s:sub(1, at(n + 1) - 1) end
   local tail = (n - 3) // 2
-  return s:sub(1, n - 3 - tail) .. "..." .. s:sub(#s - tail + 1)
+  return s:sub(1, at(n - 3 - tail + 1) - 1) .. "..." .. s:sub(at(len - tail + 1))
 end
 
 -- A job in at most n characters, the most telling first: "this project · " for this project's
--- jobs, the prompt, then the source file's full path where it fits, else its base name.
+-- jobs, the prompt, then the source file's full path where it fits, else its base name (elided
+-- in the middle when even that is too long).
 function rows.job_label(row, n)
   local head = (row.mine and "this project · " or "") .. row.prompt .. ": "
   local full = head .. row.source
   if #full <= n then return full end
-  return rows.elide(head .. (row.source:match("([^/\\]+)$") or row.source), n)
+  local name = row.source:match("([^/\\]+)$") or row.source
+  local room = math.floor(n) - (utf8.len(head) or #head)
+  if room >= 12 then return head .. rows.elide(name, room) end -- the marker and prompt whole
+  return rows.elide(head .. name, n)
 end
 
 -- The buttons a row offers.
