@@ -9,15 +9,9 @@ local C = require("check")
 local wav = require("wav")
 local socket = require("socket")
 
--- REAPER's UI must never wait on a ReaSAM tick. What would make it wait is counted, not timed (a
--- busy machine must not fail a spec): no blocking call at all (os.execute, io.popen, ExecProcess
--- with a timeout, a socket receive that may wait, socket.sleep: reaper_model.lua records them),
--- and a bounded amount of work per tick: a tick reads a status or manifest JSON (about 2 KB),
--- never audio, and imports one job's stems (a stem set has at most four).
-local MAX_TICK_BYTES = 64 * 1024
+-- A tick never blocks REAPER (H.assert_healthy: counted, not timed) and imports one job's stems
+-- at most (a stem set has at most four).
 local MAX_TICK_ITEMS = 4
--- CPU seconds, only as a "does not hang" bound: a tick takes about 5 ms.
-local MAX_TICK_CPU = 2.0
 
 local TRANSPORTS = {
   { name = "UDP", sockets = true },
@@ -61,11 +55,7 @@ describe("actions", function()
   end
 
   after_each(function()
-    if model then
-      for _, s in ipairs(model.scripts) do
-        if s.alive then model.terminate(s) end
-      end
-    end
+    H.end_scripts(model)
   end)
 
   local function run(action, timeout)
@@ -76,21 +66,7 @@ describe("actions", function()
     return script
   end
 
-  local function healthy()
-    assert.are.same({}, model.errors)
-    assert.are.same({}, model.blocking_calls)
-    assert.are.same({}, model.refresh_violations)
-    assert.are.equal(0, model.undo_depth)
-    assert.is_true(model.max_tick_bytes <= MAX_TICK_BYTES, ("a tick read %d bytes"):format(model.max_tick_bytes))
-    assert.is_true(model.max_tick_items <= MAX_TICK_ITEMS, ("a tick added %d items"):format(model.max_tick_items))
-    assert.is_true(model.max_tick < MAX_TICK_CPU, ("a tick took %.3f s of CPU time"):format(model.max_tick))
-    for _, e in ipairs(model.exec) do
-      assert.are.equal(-1, e.timeout, "a blocking ExecProcess: " .. e.cmd)
-    end
-    for name in pairs(model.missing) do
-      assert.is_true(require("reaper_model").OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
-    end
-  end
+  local function healthy() H.assert_healthy(model, MAX_TICK_ITEMS) end
 
   local function first_job()
     return model.reaper.GetExtState("ReaSAM", "active_jobs"):match("^([^\t]+)")

@@ -1,6 +1,7 @@
 -- Shared set-up for the specs: paths, a fresh REAPER model, temporary folders, the environment
 -- of the processes the specs start, and encoders only the specs need.
 local model_mod = require("reaper_model")
+local luassert = require("luassert")
 
 local H = {}
 
@@ -122,6 +123,43 @@ function H.osc_bundle(elements, timetag)
   local parts = { osc_string("#bundle"), string.pack(">I4I4", sec, frac) }
   for _, e in ipairs(elements) do parts[#parts + 1] = string.pack(">i4", #e) .. e end
   return table.concat(parts)
+end
+
+-- REAPER's UI must never wait on a ReaSAM tick. What would make it wait is counted, not timed (a
+-- busy machine must not fail a spec): no blocking call at all (os.execute, io.popen, ExecProcess
+-- with a timeout, a socket receive that may wait, socket.sleep: reaper_model.lua records them),
+-- and a bounded amount of work per tick: a tick reads a status or manifest JSON (about 2 KB),
+-- never audio. CPU time only as a "does not hang" bound: a tick takes about 5 ms.
+H.MAX_TICK_BYTES = 64 * 1024
+H.MAX_TICK_CPU = 2.0
+
+-- What every integration spec checks after an action ran in `model`: no script error, no blocking
+-- call, balanced UI refresh and undo, bounded work per tick, ExecProcess only without waiting, and
+-- no API outside what the model knows. `max_items`: the most items one tick may add (nil: any).
+function H.assert_healthy(model, max_items)
+  luassert.are.same({}, model.errors)
+  luassert.are.same({}, model.blocking_calls)
+  luassert.are.same({}, model.refresh_violations)
+  luassert.are.equal(0, model.undo_depth)
+  luassert.is_true(model.max_tick_bytes <= H.MAX_TICK_BYTES, ("a tick read %d bytes"):format(model.max_tick_bytes))
+  if max_items then
+    luassert.is_true(model.max_tick_items <= max_items, ("a tick added %d items"):format(model.max_tick_items))
+  end
+  luassert.is_true(model.max_tick < H.MAX_TICK_CPU, ("a tick took %.3f s of CPU time"):format(model.max_tick))
+  for _, e in ipairs(model.exec) do
+    luassert.are.equal(-1, e.timeout, "a blocking ExecProcess: " .. e.cmd)
+  end
+  for name in pairs(model.missing) do
+    luassert.is_true(model_mod.OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
+  end
+end
+
+-- Ends every script still running in `model` (the integration specs' after_each).
+function H.end_scripts(model)
+  if not model then return end
+  for _, s in ipairs(model.scripts) do
+    if s.alive then model.terminate(s) end
+  end
 end
 
 return H

@@ -9,10 +9,6 @@ local C = require("check")
 local wav = require("wav")
 local socket = require("socket")
 
--- A tick never blocks: counted, not timed (see actions_spec.lua): no blocking call, and a bounded
--- read per tick; CPU time only as a "does not hang" bound (a busy machine must not fail a spec).
-local MAX_TICK_BYTES = 64 * 1024
-local MAX_TICK_CPU = 2.0
 
 local CASES = {
   { name = "UDP, ReaImGui view", sockets = true, imgui = true },
@@ -48,9 +44,7 @@ describe("job panel", function()
 
   teardown(function()
     if model then
-      for _, s in ipairs(model.scripts) do
-        if s.alive then model.terminate(s) end
-      end
+      H.end_scripts(model)
       -- a daemon the panel started
       D.kill(D.read_token(model.resource .. "/ReaSAM/daemon.pid"))
     end
@@ -67,20 +61,7 @@ describe("job panel", function()
     return model
   end
 
-  local function healthy()
-    assert.are.same({}, model.errors)
-    assert.are.same({}, model.blocking_calls)
-    assert.are.same({}, model.refresh_violations)
-    assert.are.equal(0, model.undo_depth)
-    assert.is_true(model.max_tick_bytes <= MAX_TICK_BYTES, ("a tick read %d bytes"):format(model.max_tick_bytes))
-    assert.is_true(model.max_tick < MAX_TICK_CPU, ("a tick took %.3f s of CPU time"):format(model.max_tick))
-    for _, e in ipairs(model.exec) do
-      assert.are.equal(-1, e.timeout, "a blocking ExecProcess: " .. e.cmd)
-    end
-    for name in pairs(model.missing) do
-      assert.is_true(require("reaper_model").OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
-    end
-  end
+  local function healthy() H.assert_healthy(model) end
 
   -- Sends one OSC request to the daemon as another client would (a job from elsewhere).
   local function send(address, args)

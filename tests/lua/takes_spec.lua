@@ -37,11 +37,7 @@ describe("stems as takes, repeats and regions", function()
   end
 
   after_each(function()
-    if model then
-      for _, s in ipairs(model.scripts) do
-        if s.alive then model.terminate(s) end
-      end
-    end
+    H.end_scripts(model)
   end)
 
   local function run(action)

@@ -61,11 +61,7 @@ describe("transport edges", function()
 
   after_each(function()
     os.execute("kill -CONT " .. d.pid .. " 2>/dev/null")
-    if model then
-      for _, s in ipairs(model.scripts) do
-        if s.alive then model.terminate(s) end
-      end
-    end
+    H.end_scripts(model)
   end)
 
   local function run_dir() return model.resource .. "/ReaSAM/run" end
