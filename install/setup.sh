@@ -122,6 +122,9 @@ if [ "$PLAN" = 1 ]; then
   if [ "$TORCH" != skip ]; then
     echo "torch source: $source_text ($size)"
     echo "torch install: pip install ${torch_args[*]:+${torch_args[*]} }'$TORCH_REQ'"
+    case " ${torch_args[*]:-} " in
+      *reasam-cpu-only.txt*) echo "  (.venv/reasam-cpu-only.txt, written by the real run, holds: $CPU_ONLY)" ;;
+    esac
   fi
   exit 0
 fi

@@ -71,6 +71,8 @@ def test_setup_takes_the_cpu_build_without_an_nvidia_gpu(tmp_path: Path) -> None
     assert "torch: cpu (no NVIDIA GPU found" in proc.stdout
     assert "--index-url https://download.pytorch.org/whl/cpu" in proc.stdout
     assert "about 200 MB" in proc.stdout
+    # the constraints that keep CUDA builds out are shown, not just named by a file not yet written
+    assert "holds: triton<0" in proc.stdout and "cuda-toolkit<0" in proc.stdout
     # the range pyproject declares, not a pin of the script's own
     assert f"'{_torch_requirement()}'" in proc.stdout and "==" not in proc.stdout
 
@@ -81,6 +83,7 @@ def test_setup_takes_the_cuda_build_where_nvidia_smi_lists_a_gpu(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert "torch: cuda (found GPU 0: NVIDIA H200)" in proc.stdout
     assert "--index-url" not in proc.stdout and "about 3 GB" in proc.stdout
+    assert "reasam-cpu-only" not in proc.stdout
 
 
 def test_setup_torch_choice_can_be_overridden(tmp_path: Path) -> None:
