@@ -58,29 +58,18 @@ describe("actions", function()
     H.end_scripts(model)
   end)
 
-  local function run(action, timeout)
-    local script = model.run_action(H.action(action))
-    model.run_until(function() return not model.running() end, timeout or 90)
-    assert.are.same({}, model.errors)
-    assert.is_false(model.running(), "the action is still running")
-    return script
-  end
+  local function run(action, timeout) return H.run_action(model, action, timeout) end
 
   local function healthy() H.assert_healthy(model, MAX_TICK_ITEMS) end
 
-  local function first_job()
-    return model.reaper.GetExtState("ReaSAM", "active_jobs"):match("^([^\t]+)")
-  end
+  local function first_job() return H.first_job(model) end
 
   -- The job's state in the daemon's record, once it is final (or whatever it is at the timeout).
   local function daemon_final_state(job, timeout)
     local deadline = socket.gettime() + (timeout or 20)
     local state
     repeat
-      local f = io.open(model.media .. "/ReaSAM/" .. job .. "/status.json")
-      local st = f and f:read("a") or ""
-      if f then f:close() end
-      state = st:match('"state": *"(%a+)"')
+      state = H.job_state(model.media .. "/ReaSAM", job)
       if state == "done" or state == "error" or state == "cancelled" then return state end
       socket.sleep(0.1)
     until socket.gettime() > deadline

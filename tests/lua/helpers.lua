@@ -154,6 +154,36 @@ function H.assert_healthy(model, max_items)
   end
 end
 
+-- Runs an action file in `model` to its end (at most `timeout` seconds, default 90) and checks it
+-- ended cleanly: no script error, not still running, undo and UI refresh balanced, no API outside
+-- what the model knows. Returns the script.
+function H.run_action(model, action, timeout)
+  local script = model.run_action(H.action(action))
+  model.run_until(function() return not model.running() end, timeout or 90)
+  luassert.are.same({}, model.errors)
+  luassert.is_false(model.running(), "the action is still running")
+  luassert.are.equal(0, model.undo_depth)
+  luassert.are.same({}, model.refresh_violations)
+  for name in pairs(model.missing) do
+    luassert.is_true(model_mod.OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
+  end
+  return script
+end
+
+-- The id of the first job the running actions track (their "active_jobs" ext state), or nil.
+function H.first_job(model)
+  return model.reaper.GetExtState("ReaSAM", "active_jobs"):match("^([^\t]+)")
+end
+
+-- A job's state in the daemon's record (its status.json under the output folder `out`), or nil
+-- before there is one.
+function H.job_state(out, job)
+  local f = io.open(out .. "/" .. job .. "/status.json")
+  local st = f and f:read("a") or ""
+  if f then f:close() end
+  return st:match('"state": *"(%a+)"')
+end
+
 -- Ends every script still running in `model` (the integration specs' after_each).
 function H.end_scripts(model)
   if not model then return end

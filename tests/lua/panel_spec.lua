@@ -73,12 +73,7 @@ describe("job panel", function()
     u:close()
   end
 
-  local function daemon_state(job)
-    local f = io.open(d.dir .. "/out/" .. job .. "/status.json")
-    local st = f and f:read("a") or ""
-    if f then f:close() end
-    return st:match('"state": *"(%a+)"')
-  end
+  local function daemon_state(job) return H.job_state(d.dir .. "/out", job) end
 
   local function wait_state(job, want, timeout)
     local deadline = socket.gettime() + (timeout or 30)

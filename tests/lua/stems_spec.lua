@@ -52,16 +52,7 @@ describe("stem sets", function()
     H.end_scripts(model)
   end)
 
-  local function run(action, timeout)
-    model.run_action(H.action(action))
-    model.run_until(function() return not model.running() end, timeout or 90)
-    assert.are.same({}, model.errors)
-    assert.is_false(model.running(), "the action is still running")
-    assert.are.equal(0, model.undo_depth)
-    for name in pairs(model.missing) do
-      assert.is_true(require("reaper_model").OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
-    end
-  end
+  local function run(action, timeout) return H.run_action(model, action, timeout) end
 
   local function native(r, g, b) return model.reaper.ColorToNative(r, g, b) | 0x1000000 end
 

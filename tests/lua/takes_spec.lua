@@ -40,17 +40,7 @@ describe("stems as takes, repeats and regions", function()
     H.end_scripts(model)
   end)
 
-  local function run(action)
-    model.run_action(H.action(action))
-    model.run_until(function() return not model.running() end, 90)
-    assert.are.same({}, model.errors)
-    assert.is_false(model.running(), "the action is still running")
-    assert.are.equal(0, model.undo_depth)
-    assert.are.same({}, model.refresh_violations)
-    for name in pairs(model.missing) do
-      assert.is_true(require("reaper_model").OPTIONAL[name] == true, "the scripts used an unknown API: " .. name)
-    end
-  end
+  local function run(action) return H.run_action(model, action) end
 
   local function ext(take, key) return take.ext[key] or "" end
 

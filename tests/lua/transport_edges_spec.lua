@@ -66,16 +66,8 @@ describe("transport edges", function()
 
   local function run_dir() return model.resource .. "/ReaSAM/run" end
 
-  local function first_job()
-    return model.reaper.GetExtState("ReaSAM", "active_jobs"):match("^([^\t]+)")
-  end
-
-  local function status_of(job)
-    local f = io.open(model.media .. "/ReaSAM/" .. job .. "/status.json")
-    local st = f and f:read("a") or ""
-    if f then f:close() end
-    return st:match('"state": *"(%a+)"')
-  end
+  local function first_job() return H.first_job(model) end
+  local function status_of(job) return H.job_state(model.media .. "/ReaSAM", job) end
 
   local function final_state(job)
     local state
